@@ -223,6 +223,8 @@ class _Attributes(_Kind):
         if not parts or [str(p).strip().lower() for p in parts] == ["auto"]:
             return "auto"
         for part in parts:
+            if str(part).strip().lower() == "auto":
+                raise OptionsError(name, f"auto cannot be combined with names; accepted: {accepted}")
             if not isinstance(part, str) or part.strip().lower() not in VOCABULARY:
                 raise OptionsError(name, f"unknown attribute {_shown(part)}; accepted: {accepted}")
         return self._names.parse(name, parts)
