@@ -1,0 +1,66 @@
+"""Key/value bank: self-attention keys and values of the foundation pass, read back in the cure pass."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .types import LayerKey
+
+_BankKey = tuple[LayerKey, int, int]
+
+
+class KVBank:
+    """K/V of chosen self-attention layers, conditional rows only, keyed by (layer, call_index, image).
+
+    Tensors are stored as given to ``put`` (projected, before the head split, shape (N, C)) in ``dtype``.
+    With ``offload`` they live in CPU memory (pinned when CUDA is available, so the copy back is
+    asynchronous) and are brought to the requested device on each ``get``.
+    """
+
+    def __init__(self, dtype: torch.dtype = torch.float16, offload: bool = False) -> None:
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        self.dtype = dtype
+        self.offload = bool(offload)
+        self.misses = 0
+        self._entries: dict[_BankKey, tuple[Tensor, Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _store(self, tensor: Tensor) -> Tensor:
+        tensor = tensor.detach()
+        if not self.offload:
+            return tensor.to(dtype=self.dtype, copy=True)
+        pin = torch.cuda.is_available()
+        stored = torch.empty(tensor.shape, dtype=self.dtype, device="cpu", pin_memory=pin)
+        stored.copy_(tensor)
+        return stored
+
+    def put(self, layer: LayerKey, call_index: int, image: int, k: Tensor, v: Tensor) -> None:
+        """Store (or replace) the K/V of one image's conditional row; ``k``, ``v``: (N, C)."""
+        if k.ndim != 2 or k.shape != v.shape:
+            raise ValueError(f"k and v must both be (N, C), got {tuple(k.shape)} and {tuple(v.shape)}")
+        self._entries[(layer, call_index, image)] = (self._store(k), self._store(v))
+
+    def get(
+        self, layer: LayerKey, call_index: int, image: int, device: torch.device | str, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor] | None:
+        """K/V on ``device`` in ``dtype``, or None (counted in ``misses``) when nothing was stored."""
+        entry = self._entries.get((layer, call_index, image))
+        if entry is None:
+            self.misses += 1
+            return None
+        non_blocking = self.offload and entry[0].is_pinned()
+        return tuple(t.to(device=device, dtype=dtype, non_blocking=non_blocking) for t in entry)  # type: ignore[return-value]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the stored tensors."""
+        return sum(t.numel() * t.element_size() for entry in self._entries.values() for t in entry)
+
+    def clear(self) -> None:
+        """Drop every entry and reset the miss count."""
+        self._entries.clear()
+        self.misses = 0

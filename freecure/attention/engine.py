@@ -1,0 +1,235 @@
+"""The attention engine: the one router between intercepted attention layers and FreeCure's work.
+
+The host announces every denoiser call with ``begin_call`` (row roles, latent size, progress); the
+interceptors ask ``wants(layer, is_self)`` and call the original forward when it is False. Two modes,
+entered as context managers: ``recording`` (foundation pass: bank self-attention K/V, record
+cross-attention maps, output untouched) and ``curing`` (cure pass: FASA on chosen self-attention
+layers). Outside them the engine is inert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+
+import torch
+from torch import Tensor
+
+from .bank import KVBank
+from .fasa import FasaSettings, fasa_attention, mask_tokens
+from .recorder import CrossAttentionRecorder
+from .types import LayerKey, RowRole, check_layer_key
+
+_NO_LAYERS: frozenset[LayerKey] = frozenset()
+
+
+class AttentionEngine:
+    """Routes intercepted attention calls; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.mode: str | None = None  # "recording" | "curing" | None
+        self.call_index = -1
+        self.call_serial = 0  # counts every begin_call, never reset: lets RowTracker spot a new call
+        self.roles: tuple[RowRole, ...] = ()
+        self.latent_hw: tuple[int, int] = (0, 0)
+        self.progress = 0.0
+        self._self_layers = _NO_LAYERS
+        self._cross_layers = _NO_LAYERS
+        self._all_cross = False
+        self._bank: KVBank | None = None
+        self._bank_layers = _NO_LAYERS
+        self._recorder: CrossAttentionRecorder | None = None
+        self._settings: FasaSettings | None = None
+        self._fasa_can_change = False
+        self._banked: set[tuple[LayerKey, int]] = set()
+        self._mask_cache: dict[tuple[tuple[int, int], int, torch.device], Tensor] = {}
+
+    # ----- modes -------------------------------------------------------------------------------
+
+    @contextmanager
+    def _mode(self, mode: str) -> Iterator[None]:
+        if self.mode is not None:
+            raise RuntimeError(f"the attention engine is already {self.mode}; modes do not nest")
+        self.mode = mode
+        self.call_index = -1
+        self._route_nothing()
+        try:
+            yield
+        finally:
+            self.mode = None
+            self._route_nothing()
+            self._bank = self._recorder = self._settings = None
+            self._bank_layers = _NO_LAYERS
+            self._mask_cache.clear()
+            self._banked.clear()
+
+    def recording(
+        self,
+        bank: KVBank | None,
+        bank_layers: Collection[LayerKey],
+        recorder: CrossAttentionRecorder | None,
+    ) -> AbstractContextManager[None]:
+        """Foundation pass: bank the K/V of ``bank_layers`` (cond rows) and feed ``recorder``."""
+        if bank is not None and not isinstance(bank, KVBank):
+            raise TypeError(f"bank must be a KVBank or None, got {type(bank).__name__}")
+        if recorder is not None and not isinstance(recorder, CrossAttentionRecorder):
+            raise TypeError(f"recorder must be a CrossAttentionRecorder or None, got {type(recorder)}")
+        layers = frozenset(check_layer_key(key, "bank_layers") for key in bank_layers)
+
+        @contextmanager
+        def session() -> Iterator[None]:
+            with self._mode("recording"):
+                self._bank, self._bank_layers, self._recorder = bank, layers, recorder
+                yield
+
+        return session()
+
+    def curing(self, settings: FasaSettings, bank: KVBank) -> AbstractContextManager[None]:
+        """Cure pass: FASA on ``settings.layers`` with the foundation K/V from ``bank``."""
+        if not isinstance(settings, FasaSettings):
+            raise TypeError(f"settings must be FasaSettings, got {type(settings).__name__}")
+        if not isinstance(bank, KVBank):
+            raise TypeError(f"bank must be a KVBank, got {type(bank).__name__}")
+
+        @contextmanager
+        def session() -> Iterator[None]:
+            with self._mode("curing"):
+                self._settings, self._bank = settings, bank
+                self._fasa_can_change = settings.can_change_output()
+                yield
+
+        return session()
+
+    # ----- per denoiser call -------------------------------------------------------------------
+
+    def begin_call(self, roles: Sequence[RowRole], latent_hw: tuple[int, int], progress: float) -> None:
+        """Announce one denoiser call: the role of every row (over all its UNet calls), latent size,
+        and progress = fraction of the schedule done (0 at the first call)."""
+        roles = tuple(roles)
+        if not roles or not all(isinstance(role, RowRole) for role in roles):
+            raise ValueError(f"roles must be a non-empty sequence of RowRole, got {roles!r}")
+        sizes_ok = all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in latent_hw)
+        if len(latent_hw) != 2 or not sizes_ok:
+            raise ValueError(f"latent_hw must be two positive ints (h, w), got {latent_hw!r}")
+        if isinstance(progress, bool) or not isinstance(progress, (int, float)) or not 0.0 <= progress <= 1.0:
+            raise ValueError(f"progress must be a number in [0, 1], got {progress!r}")
+        self.call_index += 1
+        self.call_serial += 1
+        self.roles, self.latent_hw, self.progress = roles, tuple(latent_hw), float(progress)
+        self._banked.clear()
+        self._route_nothing()
+        if not any(role.cond for role in roles):
+            return
+        if self.mode == "recording":
+            if self._bank is not None:
+                self._self_layers = self._bank_layers
+            recorder = self._recorder
+            if recorder is not None and recorder.active_at(progress):
+                self._all_cross = recorder.layers is None
+                self._cross_layers = recorder.layers or _NO_LAYERS
+        elif self.mode == "curing":
+            assert self._settings is not None
+            if self._fasa_can_change and self._settings.active_at(progress):
+                self._self_layers = self._settings.layers
+
+    def _route_nothing(self) -> None:
+        self._self_layers = self._cross_layers = _NO_LAYERS
+        self._all_cross = False
+
+    def wants(self, layer: LayerKey, is_self: bool) -> bool:
+        """Hot path: True only if this layer has work in the current call (False when inert)."""
+        if is_self:
+            return layer in self._self_layers
+        return self._all_cross or layer in self._cross_layers
+
+    # ----- called by interceptors --------------------------------------------------------------
+
+    def observe_self(self, layer: LayerKey, k: Tensor, v: Tensor, rows: Sequence[RowRole]) -> None:
+        """Recording: bank the K/V (B, N, C) of the conditional rows. With several conditional rows
+        of one image in a call (AND prompts), the first one is banked."""
+        if self.mode != "recording" or self._bank is None or layer not in self._bank_layers:
+            return
+        for row, role in enumerate(rows):
+            if role.cond and (layer, role.image) not in self._banked:
+                self._bank.put(layer, self.call_index, role.image, k[row], v[row])
+                self._banked.add((layer, role.image))
+
+    def observe_cross(
+        self,
+        layer: LayerKey,
+        q: Tensor,
+        k: Tensor,
+        heads: int,
+        scale: float,
+        rows: Sequence[RowRole],
+        grid: tuple[int, int],
+    ) -> None:
+        """Recording: give the recorder the conditional rows' q (B, N, C) and context keys k (B, L, C)."""
+        if self.mode != "recording" or self._recorder is None or not self.wants(layer, False):
+            return
+        cond = [row for row, role in enumerate(rows) if role.cond]
+        if cond:
+            images = [rows[row].image for row in cond]
+            self._recorder.observe(q[cond], k[cond], heads, scale, images, grid, self.latent_hw)
+
+    def fasa_rows(
+        self,
+        layer: LayerKey,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        heads: int,
+        scale: float,
+        rows: Sequence[RowRole],
+        grid: tuple[int, int],
+    ) -> tuple[list[int], Tensor] | None:
+        """Curing: FASA for the conditional rows that can use it.
+
+        q: (B, N, C); k, v: (B, M, C) the rows' own keys/values (M = N, or more when another extension
+        passes a context to attn1). Returns (row indices handled, their output (len, N, C) before
+        ``to_out``), or None when no row is handled. A row is left to the caller's plain path when it
+        is unconditional, its image's mask is empty on this grid, or the bank has no entry for it (a
+        miss, counted in ``bank.misses``). The foundation contributes only its first N (spatial)
+        tokens, selected by the mask.
+        """
+        if self.mode != "curing" or layer not in self._self_layers:
+            return None
+        assert self._settings is not None and self._bank is not None
+        handled: list[int] = []
+        outputs: list[Tensor] = []
+        n_grid = grid[0] * grid[1]
+        for row, role in enumerate(rows):
+            if not role.cond:
+                continue
+            tokens = self._tokens_in_mask(role.image, grid, q.device)
+            if tokens.numel() == 0:
+                continue
+            found = self._bank.get(layer, self.call_index, role.image, q.device, q.dtype)
+            if found is None:
+                continue
+            k_found, v_found = found
+            if k_found.shape[0] < n_grid or k_found.shape[1] != k.shape[-1]:
+                raise ValueError(
+                    f"bank entry for {layer} has shape {tuple(k_found.shape)}, "
+                    f"expected at least ({n_grid}, {k.shape[-1]})"
+                )
+            weight = self._settings.weight
+            outputs.append(
+                fasa_attention(q[row], k[row], v[row], k_found[tokens], v_found[tokens], heads, scale, weight)
+            )
+            handled.append(row)
+        if not handled:
+            return None
+        return handled, torch.stack(outputs)
+
+    def _tokens_in_mask(self, image: int, grid: tuple[int, int], device: torch.device) -> Tensor:
+        key = (grid, image, device)
+        tokens = self._mask_cache.get(key)
+        if tokens is None:
+            assert self._settings is not None
+            masks = self._settings.masks
+            if image >= len(masks):
+                raise ValueError(f"FasaSettings.masks: {len(masks)} mask(s), but a row is image {image}")
+            tokens = mask_tokens(masks[image], grid).to(device)
+            self._mask_cache[key] = tokens
+        return tokens

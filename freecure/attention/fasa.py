@@ -1,0 +1,85 @@
+"""Foundation-aware self-attention (FASA): settings, mask-to-token selection and the attention itself.
+
+For a conditional row of the cure pass, the keys/values are the row's own plus the foundation's
+tokens *inside the mask*, with an additive logit bias ``weight`` on the foundation tokens:
+
+    out = softmax([q K_own^T * scale, q K_f[M]^T * scale + w]) [V_own; V_f[M]]
+
+This gather form is exactly the reference code's, which keeps all foundation tokens and gives the
+out-of-mask ones a logit of -inf.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .types import LayerKey, check_layer_key, check_progress_range, in_progress_range
+
+
+@dataclass
+class FasaSettings:
+    """What the cure pass does: which self-attention layers, the logit bias w, when, and where.
+
+    ``masks``: one per image, 2-D (H, W) at any resolution, bool or float in {0, 1}. Each layer sees
+    the mask resized to its token grid by area: a token is inside when at least half of its area is
+    (adaptive average pooling >= 0.5).
+    """
+
+    layers: frozenset[LayerKey]
+    weight: float
+    progress_range: tuple[float, float] = (0.0, 1.0)
+    masks: Sequence[Tensor] = ()
+
+    def __post_init__(self) -> None:
+        self.layers = frozenset(check_layer_key(key, "FasaSettings.layers") for key in self.layers)
+        weight = self.weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise ValueError(f"FasaSettings.weight must be a finite number, got {self.weight!r}")
+        self.weight = float(self.weight)
+        self.progress_range = check_progress_range(self.progress_range, "FasaSettings.progress_range")
+        masks = tuple(self.masks)
+        for i, mask in enumerate(masks):
+            if not isinstance(mask, Tensor) or mask.ndim != 2 or min(mask.shape) < 1:
+                raise ValueError(f"FasaSettings.masks[{i}] must be a non-empty 2-D tensor (H, W)")
+            if mask.dtype != torch.bool and not (
+                mask.dtype.is_floating_point and bool(((mask == 0) | (mask == 1)).all())
+            ):
+                raise ValueError(f"FasaSettings.masks[{i}] must be bool or float with values in {{0, 1}}")
+        self.masks = masks
+
+    def can_change_output(self) -> bool:
+        """False when FASA is plain attention everywhere: w <= 0 or every mask empty."""
+        return self.weight > 0 and any(bool(mask.any()) for mask in self.masks)
+
+    def active_at(self, progress: float) -> bool:
+        """Whether ``progress`` (fraction of the schedule done) is inside ``progress_range``."""
+        return in_progress_range(progress, self.progress_range)
+
+
+def mask_tokens(mask: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Row-major (h w) indices of the tokens of ``grid`` that are at least half inside ``mask``."""
+    coverage = F.adaptive_avg_pool2d(mask.float()[None, None], grid)[0, 0]
+    return torch.nonzero(coverage.flatten() >= 0.5).flatten()
+
+
+def fasa_attention(
+    q: Tensor, k: Tensor, v: Tensor, k_found: Tensor, v_found: Tensor, heads: int, scale: float, weight: float
+) -> Tensor:
+    """FASA for one row. q: (N, C); k, v: (M, C) own; k_found, v_found: (S, C) the in-mask foundation
+    tokens. Returns (N, C), before ``to_out``. One fused SDPA call with a broadcast (1, 1, 1, M + S)
+    logit bias, so the N x (M + S) logits are never materialised by us."""
+    n_queries, channels = q.shape
+    head_dim = channels // heads
+    keys = torch.cat([k, k_found]).view(1, -1, heads, head_dim).transpose(1, 2)
+    values = torch.cat([v, v_found]).view(1, -1, heads, head_dim).transpose(1, 2)
+    bias = q.new_zeros(1, 1, 1, keys.shape[2])
+    bias[..., k.shape[0] :] = weight
+    queries = q.view(1, n_queries, heads, head_dim).transpose(1, 2)
+    out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=bias, scale=scale)
+    return out.transpose(1, 2).reshape(n_queries, channels)

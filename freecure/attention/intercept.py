@@ -1,0 +1,313 @@
+"""Interceptors: route ldm/sgm ``CrossAttention`` forwards and diffusers attention processors through
+the engine, leaving every call the engine does not want on the original path, bit for bit.
+
+Both install for the duration of a ``with`` block and restore exactly what was there before, also
+after an exception. Only the plain call form is taken over (no attention mask, no sgm
+``additional_tokens`` or cross-frame attention); any other call goes to the previous forward.
+
+A context passed to attn1 (ControlNet reference-only passes ``cat([x] + reference tokens)``) is
+kept: the row's own keys/values come from it, as that extension intends, while the bank records
+the K/V of ``x`` itself, the spatial tokens the FASA mask indexes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .engine import AttentionEngine
+from .layers import diffusers_layer_keys, token_grid
+from .types import LayerKey, RowRole, check_layer_key
+
+_ATTENTION_ATTRIBUTES = ("heads", "scale", "to_q", "to_k", "to_v", "to_out")
+_LDM_PARAMETERS = ("x", "context", "mask", "additional_tokens", "n_times_crossframe_attn_in_self")
+
+
+class RowTracker:
+    """Roles of the rows each module sees when one denoiser call is split into several UNet calls.
+
+    ``begin_call`` on the engine announces the roles of the whole call; every module keeps a running
+    row offset, so a module call with batch b gets ``roles[offset:offset + b]``. Offsets start again
+    at 0 with the engine's next ``begin_call``. Chunks must arrive in row order (A1111 does this).
+    """
+
+    def __init__(self, engine: AttentionEngine) -> None:
+        self._engine = engine
+        self._serial = -1
+        self._offsets: dict[Hashable, int] = {}
+
+    def take(self, module_key: Hashable, batch: int) -> tuple[RowRole, ...]:
+        """The roles of the next ``batch`` rows seen by ``module_key`` in the current denoiser call."""
+        engine = self._engine
+        if engine.call_serial != self._serial:
+            self._serial = engine.call_serial
+            self._offsets.clear()
+        start = self._offsets.get(module_key, 0)
+        end = start + batch
+        if end > len(engine.roles):
+            raise RuntimeError(
+                f"{module_key}: {end} rows arrived in this denoiser call, "
+                f"begin_call announced {len(engine.roles)}"
+            )
+        self._offsets[module_key] = end
+        return engine.roles[start:end]
+
+
+def _route(
+    engine: AttentionEngine,
+    tracker: RowTracker,
+    layer: LayerKey,
+    is_self: bool,
+    attn: nn.Module,
+    x: Tensor,
+    context: Tensor | None,
+    call_original: Callable[[], Tensor],
+    call_plain: Callable[[Tensor, Tensor | None], Tensor],
+) -> Tensor:
+    """One wanted attention call. ``call_original()`` runs the previous forward with the caller's exact
+    arguments; ``call_plain(x_rows, context_rows)`` runs it on a subset of rows."""
+    rows = tracker.take((layer, is_self), x.shape[0])
+    cond = [row for row, role in enumerate(rows) if role.cond]
+    if not cond:
+        return call_original()
+    cond_roles = [rows[row] for row in cond]
+    grid = token_grid(engine.latent_hw, x.shape[1])
+
+    if engine.mode == "recording":
+        out = call_original()
+        with torch.no_grad():
+            x_cond = x[cond]
+            if is_self:
+                engine.observe_self(layer, attn.to_k(x_cond), attn.to_v(x_cond), cond_roles)
+            elif context is not None:
+                q, k = attn.to_q(x_cond), attn.to_k(context[cond])
+                engine.observe_cross(layer, q, k, attn.heads, attn.scale, cond_roles, grid)
+        return out
+
+    source = (x if context is None else context)[cond]
+    x_cond = x[cond]
+    q, k, v = attn.to_q(x_cond), attn.to_k(source), attn.to_v(source)
+    result = engine.fasa_rows(layer, q, k, v, attn.heads, attn.scale, cond_roles, grid)
+    if result is None:
+        return call_original()
+    handled = [cond[i] for i in result[0]]
+    fasa_out = result[1]
+    for module in attn.to_out:  # Linear, Dropout
+        fasa_out = module(fasa_out)
+    if len(handled) == x.shape[0]:
+        return fasa_out
+    handled_set = set(handled)
+    rest = [row for row in range(x.shape[0]) if row not in handled_set]
+    plain = call_plain(x[rest], None if context is None else context[rest])
+    out = plain.new_empty((x.shape[0], *plain.shape[1:]))
+    out[rest] = plain
+    out[handled] = fasa_out.to(plain.dtype)
+    return out
+
+
+def _check_attention(module: object, where: str) -> nn.Module:
+    if not isinstance(module, nn.Module) or not all(hasattr(module, a) for a in _ATTENTION_ATTRIBUTES):
+        raise ValueError(f"{where} must be an attention module with {', '.join(_ATTENTION_ATTRIBUTES)}")
+    return module
+
+
+def _plain_ldm_call(args: tuple, kwargs: dict) -> tuple[Tensor, Tensor | None] | None:
+    """(x, context) when an ldm/sgm forward call has the plain form we may take over, else None."""
+    if len(args) > len(_LDM_PARAMETERS):
+        return None
+    bound: dict[str, Any] = dict(zip(_LDM_PARAMETERS, args, strict=False))
+    for name, value in kwargs.items():
+        if name not in _LDM_PARAMETERS or name in bound:
+            return None
+        bound[name] = value
+    if (
+        bound.get("mask") is not None
+        or bound.get("additional_tokens") is not None
+        or bound.get("n_times_crossframe_attn_in_self")
+    ):
+        return None
+    x, context = bound.get("x"), bound.get("context")
+    if not isinstance(x, Tensor) or x.ndim != 3:
+        return None
+    if context is None or (isinstance(context, Tensor) and context.ndim == 3 and len(context) == len(x)):
+        return x, context
+    return None
+
+
+def _ldm_forward(
+    engine: AttentionEngine,
+    tracker: RowTracker,
+    layer: LayerKey,
+    is_self: bool,
+    module: nn.Module,
+    previous: Callable[..., Tensor] | None,
+) -> Callable[..., Tensor]:
+    """Instance forward for one module; ``previous`` is the instance forward found there, if any."""
+
+    def call_previous(*args: Any, **kwargs: Any) -> Tensor:
+        if previous is None:  # the class forward, looked up now: the WebUI swaps it with its optimizers
+            return type(module).forward(module, *args, **kwargs)
+        return previous(*args, **kwargs)
+
+    def forward(*args: Any, **kwargs: Any) -> Tensor:
+        if not engine.wants(layer, is_self):
+            return call_previous(*args, **kwargs)
+        plain_call = _plain_ldm_call(args, kwargs)
+        if plain_call is None:
+            return call_previous(*args, **kwargs)
+        x, context = plain_call
+        return _route(
+            engine,
+            tracker,
+            layer,
+            is_self,
+            module,
+            x,
+            context,
+            lambda: call_previous(*args, **kwargs),
+            lambda x_rows, context_rows: (
+                call_previous(x_rows) if context_rows is None else call_previous(x_rows, context=context_rows)
+            ),
+        )
+
+    return forward
+
+
+_ABSENT = object()
+
+
+@contextmanager
+def _installed_module_forwards(
+    engine: AttentionEngine, modules: Mapping[LayerKey, tuple[nn.Module, nn.Module]], tracker: RowTracker
+) -> Iterator[None]:
+    saved: list[tuple[nn.Module, object]] = []
+    try:
+        seen: set[int] = set()
+        for layer, pair in modules.items():
+            check_layer_key(layer, "modules")
+            if len(pair) != 2:
+                raise ValueError(f"modules[{layer}] must be a pair (attn1, attn2)")
+            for module, is_self, label in ((pair[0], True, "attn1"), (pair[1], False, "attn2")):
+                _check_attention(module, f"modules[{layer}] {label}")
+                if id(module) in seen:
+                    raise ValueError(f"modules[{layer}] {label} is given twice")
+                seen.add(id(module))
+                previous = module.__dict__.get("forward", _ABSENT)
+                saved.append((module, previous))
+                module.__dict__["forward"] = _ldm_forward(
+                    engine, tracker, layer, is_self, module, None if previous is _ABSENT else previous
+                )
+        yield
+    finally:
+        for module, previous in reversed(saved):
+            if previous is _ABSENT:
+                module.__dict__.pop("forward", None)
+            else:
+                module.__dict__["forward"] = previous
+
+
+def intercept_modules(
+    engine: AttentionEngine, modules: Mapping[LayerKey, tuple[nn.Module, nn.Module]], tracker: RowTracker
+) -> AbstractContextManager[None]:
+    """Per-instance forward wrappers on the (attn1, attn2) of each layer (ldm and sgm signatures).
+
+    An instance forward already there (ControlNet's IP-Adapter puts one on attn2) is called for every
+    call we do not take over; without one, the class forward is looked up at call time. On exit each
+    module's instance ``forward`` is exactly as before: the same object, or absent.
+    """
+    return _installed_module_forwards(engine, modules, tracker)
+
+
+def _diffusers_structure_is_plain(attn: nn.Module) -> bool:
+    """Whether a diffusers ``Attention`` is plain q/k/v attention plus to_out (true for UNet blocks)."""
+    return (
+        getattr(attn, "spatial_norm", None) is None
+        and getattr(attn, "group_norm", None) is None
+        and getattr(attn, "norm_q", None) is None
+        and getattr(attn, "norm_k", None) is None
+        and not getattr(attn, "norm_cross", False)
+        and not getattr(attn, "residual_connection", False)
+        and getattr(attn, "rescale_output_factor", 1.0) == 1.0
+    )
+
+
+class _DiffusersProcessor:
+    """Wraps the previous processor of one diffusers attention module."""
+
+    def __init__(
+        self, engine: AttentionEngine, tracker: RowTracker, layer: LayerKey, is_self: bool, previous: Any
+    ) -> None:
+        self.engine, self.tracker, self.previous = engine, tracker, previous
+        self.layer, self.is_self = layer, is_self
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        temb: Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Tensor:
+        if temb is not None:
+            kwargs["temb"] = temb
+
+        def call_original() -> Tensor:
+            return self.previous(
+                attn,
+                hidden_states,
+                *args,
+                encoder_hidden_states=encoder_hidden_states,
+                attention_mask=attention_mask,
+                **kwargs,
+            )
+
+        if (
+            not self.engine.wants(self.layer, self.is_self)
+            or args
+            or kwargs
+            or attention_mask is not None
+            or hidden_states.ndim != 3
+            or (encoder_hidden_states is not None and len(encoder_hidden_states) != len(hidden_states))
+        ):
+            return call_original()
+        return _route(
+            self.engine,
+            self.tracker,
+            self.layer,
+            self.is_self,
+            attn,
+            hidden_states,
+            encoder_hidden_states,
+            call_original,
+            lambda x_rows, context_rows: self.previous(attn, x_rows, encoder_hidden_states=context_rows),
+        )
+
+
+@contextmanager
+def _installed_processors(engine: AttentionEngine, unet: nn.Module, tracker: RowTracker) -> Iterator[None]:
+    previous = dict(unet.attn_processors)
+    keys = diffusers_layer_keys(unet)
+    replacement = dict(previous)
+    for module_name, (layer, is_self) in keys.items():
+        name = f"{module_name}.processor"
+        if name in previous and _diffusers_structure_is_plain(unet.get_submodule(module_name)):
+            replacement[name] = _DiffusersProcessor(engine, tracker, layer, is_self, previous[name])
+    try:
+        unet.set_attn_processor(replacement)  # diffusers pops from the dict it is given: pass copies
+        yield
+    finally:
+        unet.set_attn_processor(dict(previous))
+
+
+def intercept_diffusers(
+    engine: AttentionEngine, unet: nn.Module, tracker: RowTracker
+) -> AbstractContextManager[None]:
+    """The same routing through diffusers attention processors (``set_attn_processor``); on exit every
+    module has its previous processor object back."""
+    return _installed_processors(engine, unet, tracker)
