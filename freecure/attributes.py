@@ -108,9 +108,11 @@ _STOP_WORDS = frozenset({
     "a", "an", "the", "and", "or", "but", "with", "without", "of", "in", "on", "at", "to", "for", "by",
     "from", "into", "onto", "over", "under", "near", "behind", "wearing", "wears", "wear", "worn", "has",
     "have", "having", "had", "is", "are", "was", "were", "be", "being", "her", "his", "their", "my",
-    "your", "its", "our", "who", "that", "which", "while", "as", "no", "not",
+    "your", "its", "our", "who", "that", "which", "while", "as", "no", "not", "one", "two", "both", "each",
+    "some", "any", "this", "these", "those",
 })  # fmt: skip
 _NEGATIONS = frozenset({"no", "without", "not"})
+_NEGATION_SKIPPABLE = frozenset({"a", "an", "the", "any", "wearing"})
 # Adverbs after an expression word belong to its phrase ("laughing happily").
 _MAX_MODIFIERS = 4
 
@@ -217,26 +219,12 @@ def analyze_prompt(prompt: str, *, ignore: Iterable[str] = ()) -> PromptAnalysis
     Negated mentions ("no glasses", "without hat") are not matches.
     """
     words = _words(prompt, tuple(ignore))
-    found: list[tuple[str, int, int]] = []  # (attribute, first word index, last word index)
-    i = 0
-    while i < len(words):
-        for length in range(min(_LONGEST_PHRASE, len(words) - i), 0, -1):
-            span = words[i : i + length]
-            if length > 1 and not all(_joined(prompt, a, b) for a, b in itertools.pairwise(span)):
-                continue
-            name = _PHRASE_INDEX.get(tuple(w.lower for w in span))
-            if name is not None:
-                found.append((name, i, i + length - 1))
-                i += length
-                break
-        else:
-            i += 1
-
+    found = _find_vocabulary(prompt, words)
     taken = {k for _, first, last in found for k in range(first, last + 1)}
     matches = []
     for name, first, last in found:
         phrase_first = _extend_back(prompt, words, first, taken)
-        if phrase_first > 0 and words[phrase_first - 1].lower in _NEGATIONS:
+        if _negated(words, phrase_first):
             continue
         phrase_last = last if VOCABULARY[name].regional else _extend_adverbs(prompt, words, last, taken)
         start, end = words[first].start, words[last].end
@@ -245,6 +233,39 @@ def analyze_prompt(prompt: str, *, ignore: Iterable[str] = ()) -> PromptAnalysis
             AttributeMatch(name, prompt[start:end], start, end, prompt[p_start:p_end], p_start, p_end)
         )
     return PromptAnalysis(prompt, tuple(matches))
+
+
+def _negated(words: list[_Word], phrase_first: int) -> bool:
+    """True for "no glasses", "without a hat", "not wearing any earrings"."""
+    k = phrase_first - 1
+    while k >= 0 and words[k].lower in _NEGATION_SKIPPABLE:
+        k -= 1
+    return k >= 0 and words[k].lower in _NEGATIONS
+
+
+def _find_vocabulary(prompt: str, words: list[_Word]) -> list[tuple[str, int, int]]:
+    """Longest vocabulary phrases, left to right, as (attribute, first word index, last word index)."""
+    found: list[tuple[str, int, int]] = []
+    i = 0
+    while i < len(words):
+        for length in range(min(_LONGEST_PHRASE, len(words) - i), 0, -1):
+            span = words[i : i + length]
+            if length > 1 and not all(_joined(prompt, a, b) for a, b in itertools.pairwise(span)):
+                continue
+            name = _PHRASE_INDEX.get(tuple(w.lower for w in span))
+            if name is None:
+                continue
+            last = i + length - 1
+            previous = found[-1] if found else ("", -2, -2)
+            if previous[0] == name and previous[2] == i - 1 and _joined(prompt, words[i - 1], span[0]):
+                found[-1] = (name, previous[1], last)  # "serious expression", "hair bun": one match
+            else:
+                found.append((name, i, last))
+            i += length
+            break
+        else:
+            i += 1
+    return found
 
 
 def _is_modifier(word: _Word, index: int, taken: set[int]) -> bool:
