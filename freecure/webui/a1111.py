@@ -1,0 +1,263 @@
+"""The Automatic1111 host (>= 1.10): attention through per-instance forwards on the ldm/sgm ``CrossAttention``
+modules, row roles from the CFG denoiser callbacks, passes through the WebUI's own sampler objects.
+
+Every WebUI import happens inside a function: importing this module must work on a host without ``ldm``/``sgm``
+(Forge 2) and in tests without any WebUI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from freecure.attention import (
+    AttentionEngine,
+    LayerKey,
+    RowRole,
+    RowTracker,
+    intercept_modules,
+    layer_key_from_ldm_name,
+)
+from freecure.pipeline.host import Branch, CallHooks, CureInterrupted
+from freecure.tokens import phrase_columns
+from freecure.webui.hosts import model_family
+from freecure.webui.identity import IdentitySwitch
+
+
+def attention_modules(diffusion_model: torch.nn.Module) -> dict[LayerKey, tuple[Any, Any]]:
+    """(attn1, attn2) of every transformer block, keyed in ldm naming."""
+    pairs: dict[LayerKey, dict[bool, Any]] = {}
+    for name, module in diffusion_model.named_modules():
+        found = layer_key_from_ldm_name(name)
+        if found is not None:
+            key, is_self = found
+            pairs.setdefault(key, {})[is_self] = module
+    return {key: (pair[True], pair[False]) for key, pair in pairs.items() if len(pair) == 2}
+
+
+def text_embedder(sd_model: Any) -> Any:
+    """The CLIP wrapper with ``tokenize_line``: SD1/SD2 ``cond_stage_model``, SDXL's first (CLIP-L) embedder."""
+    if getattr(sd_model, "is_sdxl", False):
+        return sd_model.conditioner.embedders[0]
+    return sd_model.cond_stage_model
+
+
+def cond_rows_per_image(conditioning: Any) -> list[int]:
+    """How many conditional rows each image has in a multicond conditioning (more than one with AND)."""
+    return [len(parts) for parts in conditioning.batch]
+
+
+class CallRouter:
+    """Turns the WebUI's CFG denoiser callbacks into the pipeline's per-call hooks.
+
+    A1111 lays a denoiser call out as all conditional rows (image-major, one per AND sub-prompt) followed by
+    one unconditional row per image; the rows may reach the UNet in one call or in chunks, which the
+    attention interceptors' ``RowTracker`` follows per module.
+    """
+
+    def __init__(self) -> None:
+        self.hooks: CallHooks | None = None
+        self.cond_counts: list[int] = []
+        self._x_t: torch.Tensor | None = None
+        self._sigma: torch.Tensor | None = None
+
+    def route(self, hooks: CallHooks | None, cond_counts: Sequence[int]) -> None:
+        self.hooks = hooks
+        self.cond_counts = list(cond_counts)
+
+    def on_cfg_denoiser(self, params: Any) -> None:
+        if self.hooks is None:
+            return
+        roles = [RowRole(cond=True, image=i) for i, count in enumerate(self.cond_counts) for _ in range(count)]
+        batch = params.x.shape[0] - len(roles)
+        roles += [RowRole(cond=False, image=i) for i in range(batch)]
+        self._x_t = params.x[-batch:]
+        self._sigma = params.sigma[-batch:]
+        progress = params.sampling_step / max(1, params.total_sampling_steps)
+        self.hooks.before_call(roles, tuple(params.x.shape[-2:]), progress)
+
+    def on_cfg_after_cfg(self, params: Any) -> None:
+        if self.hooks is None or self._x_t is None:
+            return
+        params.x = self.hooks.after_cfg(self._x_t, self._sigma, params.x)
+
+
+@contextlib.contextmanager
+def registered_callbacks(router: CallRouter) -> Iterator[None]:
+    """The router's CFG callbacks, registered for the duration and removed on every path."""
+    from modules import script_callbacks
+
+    script_callbacks.on_cfg_denoiser(router.on_cfg_denoiser, name="freecure")
+    script_callbacks.on_cfg_after_cfg(router.on_cfg_after_cfg, name="freecure")
+    try:
+        yield
+    finally:
+        script_callbacks.remove_callbacks_for_function(router.on_cfg_denoiser)
+        script_callbacks.remove_callbacks_for_function(router.on_cfg_after_cfg)
+
+
+class A1111Host:
+    """The pipeline's host interface for one sampling pass of one batch of an A1111 job."""
+
+    def __init__(self, p: Any, *, x: torch.Tensor, noise: torch.Tensor, conditioning: Any,
+                 unconditional: Any, identity: IdentitySwitch, is_hires: bool) -> None:
+        self.p = p
+        self.x = x
+        self.noise = noise
+        self.conditioning = conditioning
+        self.unconditional = unconditional
+        self.identity = identity
+        self.is_hires = is_hires
+        self.family = model_family(p.sd_model)
+        self.router = CallRouter()
+
+    # -- attention and callbacks -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def attach(self, engine: AttentionEngine) -> Iterator[None]:
+        with intercept_modules(engine, attention_modules(self.unet), RowTracker(engine)):
+            yield
+
+    @contextlib.contextmanager
+    def routed(self, hooks: CallHooks, conditioning: Any) -> Iterator[None]:
+        """The CFG callbacks, routed to ``hooks`` for sampling with ``conditioning``; also used around the
+        WebUI's own main sampling, which is the cure pass."""
+        self.router.route(hooks, cond_rows_per_image(conditioning))
+        try:
+            with registered_callbacks(self.router):
+                yield
+        finally:
+            self.router.route(None, ())
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        return self.p.sd_model.model.diffusion_model
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def layer_keys(self) -> list[LayerKey]:
+        return list(attention_modules(self.unet))
+
+    # -- passes --------------------------------------------------------------------------------------------
+    def _steps(self) -> int:
+        return (self.p.hr_second_pass_steps or self.p.steps) if self.is_hires else self.p.steps
+
+    def _sampler_name(self) -> str:
+        return (getattr(self.p, "hr_sampler_name", None) or self.p.sampler_name) if self.is_hires \
+            else self.p.sampler_name
+
+    def _total_steps(self) -> int:
+        """Steps as the WebUI schedules prompts: second-order samplers count their extra calls."""
+        from modules import sd_samplers
+
+        config = sd_samplers.find_sampler_config(self._sampler_name())
+        total = getattr(config, "total_steps", None)
+        return total(self._steps()) if callable(total) else self._steps()
+
+    def _conds(self, branch: Branch) -> tuple[Any, Any]:
+        if branch.identity and tuple(branch.prompts) == tuple(self.p.prompts):
+            return self.conditioning, self.unconditional
+        from modules import prompt_parser, shared
+
+        steps = self._total_steps()
+        width, height = self.p.width, self.p.height
+        if self.is_hires:
+            width, height = self.p.hr_upscale_to_x, self.p.hr_upscale_to_y
+        use_old = getattr(shared.opts, "use_old_scheduling", False)
+        positive = prompt_parser.SdConditioning(list(branch.prompts), width=width, height=height)
+        negative = prompt_parser.SdConditioning(list(branch.negative_prompts), width=width, height=height,
+                                                is_negative_prompt=True)
+        c = prompt_parser.get_multicond_learned_conditioning(shared.sd_model, positive, steps, None, use_old)
+        uc = prompt_parser.get_learned_conditioning(shared.sd_model, negative, steps, None, use_old)
+        return c, uc
+
+    @contextlib.contextmanager
+    def _branch_state(self, branch: Branch) -> Iterator[None]:
+        """Identity per branch, and a fresh RNG so ancestral samplers draw the main pass's exact noise."""
+        from modules import rng
+
+        saved_rng = self.p.rng
+        fresh = rng.ImageRNG(self.x.shape[1:], self.p.seeds, subseeds=self.p.subseeds,
+                             subseed_strength=self.p.subseed_strength,
+                             seed_resize_from_h=self.p.seed_resize_from_h,
+                             seed_resize_from_w=self.p.seed_resize_from_w)
+        fresh.next()  # the main pass has drawn its initial noise already
+        self.p.rng = fresh
+        try:
+            with self.identity.switched(on=branch.identity):
+                yield
+        finally:
+            self.p.rng = saved_rng
+
+    def sample(self, branch: Branch, hooks: CallHooks) -> torch.Tensor:
+        from modules import sd_samplers
+
+        with self._branch_state(branch):
+            c, uc = self._conds(branch)
+            with self.routed(hooks, c):
+                sampler = sd_samplers.create_sampler(self._sampler_name(), self.p.sd_model)
+                image_conditioning = self.p.txt2img_image_conditioning(self.x)
+                if self.is_hires:
+                    result = sampler.sample_img2img(self.p, self.x, self.noise, c, uc, steps=self._steps(),
+                                                    image_conditioning=image_conditioning)
+                else:
+                    result = sampler.sample(self.p, self.x, c, uc, image_conditioning=image_conditioning)
+        self.check_interrupt()
+        return result
+
+    def run(self, fn: Callable[..., torch.Tensor], x: torch.Tensor, branch: Branch,
+            hooks: CallHooks) -> torch.Tensor:
+        """Run a k-diffusion-style function with the WebUI's CFG denoiser (``sample_img2img`` with zero noise
+        hands ``x`` through unchanged and keeps progress, interruption and prompt schedules working)."""
+        from modules import sd_samplers
+
+        saved_strength, saved_cfg = self.p.denoising_strength, self.p.cfg_scale
+        with self._branch_state(branch):
+            c, uc = self._conds(branch)
+            # A strength of 0 or None would make the WebUI schedule zero steps; our fn has its own schedule.
+            self.p.denoising_strength, self.p.cfg_scale = 1.0, branch.cfg_scale
+            try:
+                with self.routed(hooks, c):
+                    sampler = sd_samplers.create_sampler("Euler", self.p.sd_model)
+                    sampler.func = fn
+                    result = sampler.sample_img2img(self.p, x, torch.zeros_like(x), c, uc, steps=self._steps(),
+                                                    image_conditioning=self.p.txt2img_image_conditioning(x))
+            finally:
+                self.p.denoising_strength, self.p.cfg_scale = saved_strength, saved_cfg
+        self.check_interrupt()
+        return result
+
+    def schedule(self) -> torch.Tensor:
+        from modules import sd_samplers
+
+        sampler = sd_samplers.create_sampler(self._sampler_name(), self.p.sd_model)
+        return sampler.get_sigmas(self.p, self._steps())
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        from modules import devices, processing
+
+        decoded = processing.decode_latent_batch(self.p.sd_model, latents, target_device=devices.cpu,
+                                                 check_for_nans=True)
+        return torch.clamp((torch.stack(list(decoded)).float() + 1.0) / 2.0, 0.0, 1.0)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        from modules import sd_samplers_common, shared
+
+        method = sd_samplers_common.approximation_indexes.get(shared.opts.sd_vae_encode_method)
+        return sd_samplers_common.images_tensor_to_samples(images, method, self.p.sd_model)
+
+    def token_columns(self, prompt: str, phrases: Mapping[str, Sequence[str]]) -> dict[str, list[int]]:
+        embedder = text_embedder(self.p.sd_model)
+        chunks, _ = embedder.tokenize_line(prompt)
+        return phrase_columns([list(chunk.tokens) for chunk in chunks],
+                              lambda text: embedder.tokenize([text])[0], phrases)
+
+    def check_interrupt(self) -> None:
+        from modules import shared
+
+        if shared.state.interrupted or shared.state.skipped:
+            raise CureInterrupted("interrupted" if shared.state.interrupted else "skipped")

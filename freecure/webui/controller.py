@@ -1,0 +1,216 @@
+"""FreeCure's flow inside a WebUI job, from the script hooks.
+
+Per batch: ``process_before_every_sampling`` runs the foundation pass (identity off) with the WebUI's own
+sampler, builds the masks and leaves the cure hooks installed for the main sampling, which is the cure pass;
+``post_sample`` removes them and runs APG. A cure that cannot proceed leaves the main pass uncured and says
+why in the infotext and the console: the WebUI swallows exceptions raised in script hooks, so nothing here
+may rely on an exception reaching the user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from freecure.attributes import analyze_prompt
+from freecure.identity import foundation_prompt
+from freecure.options import Options, OptionsError
+from freecure.pipeline import CureInterrupted, CureSession, plan_cure
+from freecure.webui import hosts, settings
+from freecure.webui.controls import options_from_script_args
+from freecure.webui.debug import debug_images
+from freecure.webui.xyz import merged_overrides
+
+STATE_ATTR = "_freecure_job"
+NOTES_KEY = "FreeCure notes"
+IDENTITY_KEY = "FreeCure identity off"
+ERROR_KEY = "FreeCure error"
+
+# Cure contexts still open: a job that raised inside the main sampling never reaches post_sample. They are
+# closed at the next job's start (and at script reload); until then the engine they route to is inert.
+_OPEN_CURES: list[contextlib.ExitStack] = []
+
+
+def release_leftovers() -> None:
+    """Close every cure context a previous job left open."""
+    while _OPEN_CURES:
+        stack = _OPEN_CURES.pop()
+        try:
+            stack.close()
+        except Exception:
+            traceback.print_exc()
+
+
+def report(message: str) -> None:
+    print(f"[FreeCure] {message}")
+
+
+@dataclass
+class JobState:
+    """What FreeCure knows about one job (one X/Y/Z cell); lives on ``p``."""
+
+    options: Options
+    notes: list[str] = field(default_factory=list)
+    identity_sources: list[str] = field(default_factory=list)
+    session: CureSession | None = None
+    host: Any = None
+    cure: contextlib.ExitStack | None = None
+    debug: list[tuple[Any, str]] = field(default_factory=list)
+
+    def note(self, p: Any, message: str) -> None:
+        if message not in self.notes:
+            self.notes.append(message)
+            report(message)
+        p.extra_generation_params[NOTES_KEY] = "; ".join(self.notes)
+
+
+def job_state(p: Any) -> JobState | None:
+    return getattr(p, STATE_ATTR, None)
+
+
+def selected_pass(hires_option: str, is_hires_pass: bool) -> bool:
+    """Whether this sampling pass is cured: low-res (the first pass), hi-res (the hires pass) or both."""
+    if hires_option == "both":
+        return True
+    return is_hires_pass == (hires_option == "hi-res")
+
+
+class Controller:
+    """The script hooks' logic; one per script instance (tab). All per-job state lives on ``p``."""
+
+    def process(self, p: Any, args: tuple[Any, ...]) -> None:
+        release_leftovers()
+        setattr(p, STATE_ATTR, None)
+        try:
+            options = merged_overrides(options_from_script_args(args), p)
+        except OptionsError as error:
+            p.extra_generation_params[ERROR_KEY] = str(error)
+            report(f"not run: {error}")
+            return
+        if not options.enabled:
+            return
+        if settings.downloads_forbidden() and options.allow_download:
+            options = options.with_overrides({"allow_download": False})
+        family = hosts.model_family(p.sd_model)
+        state = JobState(options.resolved(family))
+        setattr(p, STATE_ATTR, state)
+        p.extra_generation_params.update(options.to_infotext())
+        reason = hosts.unsupported_reason(p)
+        if reason:
+            state.note(p, f"skipped: {reason}")
+            setattr(p, STATE_ATTR, None)
+
+    def process_batch(self, p: Any, **_kwargs: Any) -> None:
+        state = job_state(p)
+        if state is None:
+            return
+        from modules import shared
+
+        hires = bool(getattr(p, "enable_hr", False))
+        foundations = sum(selected_pass(state.options.hires, is_hires) for is_hires in (False, True)[:1 + hires])
+        apg = plan_cure(state.options, analyze_prompt(p.prompts[0])).apg if p.prompts else False
+        shared.state.job_count += foundations + (1 if apg else 0)
+
+    def before_sampling(self, p: Any, *, x: torch.Tensor, noise: torch.Tensor, c: Any, uc: Any,
+                        **_kwargs: Any) -> None:
+        state = job_state(p)
+        if state is None:
+            return
+        # The first pass's cure must not leak into the hires pass.
+        self._close_cure(state)
+        is_hires = bool(getattr(p, "is_hr_pass", False))
+        if not selected_pass(state.options.hires, is_hires):
+            return
+        try:
+            self._start_cure(p, state, x=x, noise=noise, c=c, uc=uc, is_hires=is_hires)
+        except CureInterrupted as stop:
+            self._close_cure(state)
+            state.note(p, f"cure stopped: {stop}; the image is uncured")
+        except Exception as error:
+            self._close_cure(state)
+            traceback.print_exc()
+            state.note(p, f"cure failed ({type(error).__name__}: {error}); the image is uncured")
+
+    def _start_cure(self, p: Any, state: JobState, *, x: torch.Tensor, noise: torch.Tensor, c: Any, uc: Any,
+                    is_hires: bool) -> None:
+        from modules import shared
+
+        options = state.options
+        host = hosts.create_host(p, options, x=x, noise=noise, conditioning=c, unconditional=uc,
+                                 is_hires=is_hires)
+        prompts = list(p.hr_prompts if is_hires else p.prompts)
+        negatives = list(p.hr_negative_prompts if is_hires else p.negative_prompts)
+        embeddings = hosts.embedding_names() if "embedding" in options.identity_off else ()
+        cleaned = [foundation_prompt(prompt, trigger_words=options.trigger_words, class_word=options.class_word,
+                                     keep_networks=options.keep_networks, template=options.foundation_prompt,
+                                     embeddings=embeddings) for prompt in prompts]
+        for source in [*host.identity.sources(), *(r for f in cleaned for r in f.removed)]:
+            if source not in state.identity_sources:
+                state.identity_sources.append(source)
+        if state.identity_sources:
+            p.extra_generation_params[IDENTITY_KEY] = ", ".join(state.identity_sources)
+        cfg_scale = (getattr(p, "hr_cfg", None) or p.cfg_scale) if is_hires else p.cfg_scale
+        session = CureSession(host, options, prompts=prompts, negative_prompts=negatives, cfg_scale=cfg_scale,
+                              foundation_prompts=[f.text for f in cleaned], models_dir=settings.models_dir())
+        state.session, state.host = session, host
+        for note in session.notes:
+            state.note(p, note)
+
+        shared.state.textinfo = "FreeCure: foundation pass (identity off)"
+        ran = session.foundation() is not None
+        if ran:
+            shared.state.nextjob()
+            session.build_masks()
+            if options.debug_images:
+                state.debug.extend(debug_images(session))
+        stack = contextlib.ExitStack()
+        _OPEN_CURES.append(stack)
+        state.cure = stack
+        hooks = stack.enter_context(session.curing())
+        stack.enter_context(host.routed(hooks, c))
+        shared.state.textinfo = "FreeCure: cure pass" if ran else shared.state.textinfo
+        for note in session.notes:
+            state.note(p, note)
+
+    def post_sample(self, p: Any, ps: Any) -> None:
+        state = job_state(p)
+        if state is None:
+            return
+        self._close_cure(state)
+        session = state.session
+        if session is None or not session.plan.apg:
+            return
+        from modules import shared
+
+        try:
+            shared.state.textinfo = "FreeCure: expression (APG)"
+            ps.samples = hosts.apg_on_samples(session, state.host, ps.samples)
+            shared.state.nextjob()
+        except CureInterrupted as stop:
+            state.note(p, f"APG stopped: {stop}; the image has no APG")
+        except Exception as error:
+            traceback.print_exc()
+            state.note(p, f"APG failed ({type(error).__name__}: {error}); the image has no APG")
+        for note in session.notes:
+            state.note(p, note)
+
+    def postprocess(self, p: Any, processed: Any) -> None:
+        state = job_state(p)
+        if state is None:
+            return
+        self._close_cure(state)
+        if state.debug:
+            hosts.add_result_images(p, processed, state.debug)
+            state.debug = []
+
+    @staticmethod
+    def _close_cure(state: JobState) -> None:
+        stack, state.cure = state.cure, None
+        if stack is not None:
+            if stack in _OPEN_CURES:
+                _OPEN_CURES.remove(stack)
+            stack.close()

@@ -1,0 +1,31 @@
+"""Debug images for the gallery: the foundation image, the mask overlay and one heatmap per attribute word."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from freecure.pipeline import CureSession
+from freecure.previews import heatmap_preview, overlay_preview
+
+
+def debug_images(session: CureSession) -> list[tuple[Image.Image, str]]:
+    """(image, caption) pairs for every image of the batch; empty when no foundation pass ran."""
+    if session.foundation_images is None:
+        return []
+    maps: dict[str, Any] = session.recorder.maps() if session.recorder is not None else {}
+    items = []
+    for index, tensor in enumerate(session.foundation_images):
+        pixels = (tensor.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy()
+        foundation = Image.fromarray(np.ascontiguousarray(pixels))
+        items.append((foundation, f"FreeCure foundation (identity off), image {index}"))
+        if index < len(session.masks):
+            items.append((overlay_preview(foundation, session.masks[index].per_attribute),
+                          f"FreeCure masks, image {index}"))
+        for name, attention_map in maps.items():
+            if index < attention_map.shape[0]:
+                items.append((heatmap_preview(foundation, attention_map[index].cpu().numpy(), name),
+                              f"FreeCure attention: {name}, image {index}"))
+    return items

@@ -1,0 +1,103 @@
+"""Host selection and the host facts the controller needs, decided by what the running WebUI provides
+(feature detection, never version strings)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from freecure.options import Options
+from freecure.pipeline import CureSession
+from freecure.webui.identity import IdentitySwitch
+
+
+def model_family(sd_model: Any) -> str:
+    """sd1 | sd2 | sdxl, from the flags both hosts set on the loaded model."""
+    if getattr(sd_model, "is_sdxl", False):
+        return "sdxl"
+    if getattr(sd_model, "is_sd2", False):
+        return "sd2"
+    return "sd1"
+
+
+def is_forge(sd_model: Any) -> bool:
+    """Forge (classic and 2) patches a clone of ``forge_objects.unet``; A1111 has no ``forge_objects``."""
+    return getattr(sd_model, "forge_objects", None) is not None
+
+
+def unsupported_reason(p: Any) -> str | None:
+    """Why FreeCure cannot run on this job, or None."""
+    from modules import shared
+
+    if getattr(p, "refiner_checkpoint", None) not in (None, "", "None"):
+        return "a refiner switches models mid-sampling; FreeCure needs one model for both passes"
+    ratios = [p.get_token_merging_ratio()]
+    if getattr(p, "enable_hr", False):
+        ratios.append(p.get_token_merging_ratio(for_hr=True))
+    if any(ratio > 0 for ratio in ratios):
+        return "token merging is on (set its ratio to 0): FreeCure needs every attention token"
+    data = getattr(shared.opts, "data", {}) or {}
+    if data.get("hypertile_enable_unet") or data.get("hypertile_enable_unet_secondpass"):
+        return "HyperTile is on (switch it off for FreeCure): it splits attention into tiles"
+    return None
+
+
+def create_host(p: Any, options: Options, *, x: torch.Tensor, noise: torch.Tensor, conditioning: Any,
+                unconditional: Any, is_hires: bool) -> Any:
+    """The pipeline host for this sampling pass of this job."""
+    if is_forge(p.sd_model):
+        from freecure.webui.forge import ForgeHost
+
+        host_class, unet = ForgeHost, None
+    else:
+        from freecure.webui.a1111 import A1111Host
+
+        host_class, unet = A1111Host, p.sd_model.model.diffusion_model
+    identity = IdentitySwitch(p, kinds=options.identity_off, keep_networks=options.keep_networks,
+                              is_hires=is_hires, unet=unet)
+    return host_class(p, x=x, noise=noise, conditioning=conditioning, unconditional=unconditional,
+                      identity=identity, is_hires=is_hires)
+
+
+def embedding_names() -> Sequence[str]:
+    """Names of the loaded textual-inversion embeddings (A1111 and classic Forge; Forge 2's text engine)."""
+    from modules import shared
+
+    databases = []
+    try:
+        from modules import sd_hijack
+
+        databases.append(getattr(sd_hijack.model_hijack, "embedding_db", None))
+    except ImportError:
+        pass
+    for engine_name in ("text_processing_engine", "text_processing_engine_l"):
+        engine = getattr(shared.sd_model, engine_name, None)
+        databases.append(getattr(engine, "embeddings", None))
+    names: list[str] = []
+    for database in databases:
+        names += [name for name in getattr(database, "word_embeddings", {}) if name not in names]
+    return names
+
+
+def apg_on_samples(session: CureSession, host: Any, samples: Any) -> Any:
+    """APG on what ``post_sample`` holds: latents, or decoded images after hires fix (re-encoded, then
+    decoded back into the same form)."""
+    if not getattr(samples, "already_decoded", False):
+        return session.apg(samples)
+    from modules import processing
+
+    images = (torch.stack(list(samples)).float() + 1.0) / 2.0
+    latents = host.encode(images)
+    cured = session.apg(latents)
+    if cured is latents:
+        return samples
+    decoded = host.decode(cured) * 2.0 - 1.0
+    return processing.DecodedSamples(list(decoded))
+
+
+def add_result_images(p: Any, processed: Any, items: Sequence[tuple[Any, str]]) -> None:
+    """Debug images after the results, each with its caption as infotext (the gallery reads it)."""
+    processed.images.extend(image for image, _ in items)
+    processed.infotexts.extend(caption for _, caption in items)
