@@ -42,7 +42,7 @@ def validation_error(body: bytes) -> dict[str, Any] | None:
         if not isinstance(args, list):
             return {"error": "FreeCure settings", "field": "args",
                     "detail": "alwayson_scripts.FreeCure.args must be a list (positional values or [settings dict])"}
-        if args and not any(isinstance(value, dict) for value in args[:2]):
+        if not any(isinstance(value, dict) for value in args[:2]):
             # The WebUI fills missing trailing args with the UI defaults before the hooks see them.
             args = list(args) + ui_defaults()[len(args):]
         try:
