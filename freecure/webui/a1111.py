@@ -38,13 +38,6 @@ def attention_modules(diffusion_model: torch.nn.Module) -> dict[LayerKey, tuple[
     return {key: (pair[True], pair[False]) for key, pair in pairs.items() if len(pair) == 2}
 
 
-def text_embedder(sd_model: Any) -> Any:
-    """The CLIP wrapper with ``tokenize_line``: SD1/SD2 ``cond_stage_model``, SDXL's first (CLIP-L) embedder."""
-    if getattr(sd_model, "is_sdxl", False):
-        return sd_model.conditioner.embedders[0]
-    return sd_model.cond_stage_model
-
-
 def cond_rows_per_image(conditioning: Any) -> list[int]:
     """How many conditional rows each image has in a multicond conditioning (more than one with AND)."""
     return [len(parts) for parts in conditioning.batch]
@@ -250,8 +243,13 @@ class A1111Host:
         method = sd_samplers_common.approximation_indexes.get(shared.opts.sd_vae_encode_method)
         return sd_samplers_common.images_tensor_to_samples(images, method, self.p.sd_model)
 
+    def text_embedder(self) -> Any:
+        """The CLIP wrapper with ``tokenize_line``: SD1/SD2 ``cond_stage_model``, SDXL's first (CLIP-L) one."""
+        model = self.p.sd_model
+        return model.conditioner.embedders[0] if getattr(model, "is_sdxl", False) else model.cond_stage_model
+
     def token_columns(self, prompt: str, phrases: Mapping[str, Sequence[str]]) -> dict[str, list[int]]:
-        embedder = text_embedder(self.p.sd_model)
+        embedder = self.text_embedder()
         chunks, _ = embedder.tokenize_line(prompt)
         return phrase_columns([list(chunk.tokens) for chunk in chunks],
                               lambda text: embedder.tokenize([text])[0], phrases)

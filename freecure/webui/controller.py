@@ -59,6 +59,7 @@ class JobState:
     session: CureSession | None = None
     host: Any = None
     cure: contextlib.ExitStack | None = None
+    prepared: tuple | None = None  # which sampling pass the session was prepared for
     debug: list[tuple[Any, str]] = field(default_factory=list)
 
     def note(self, p: Any, message: str) -> None:
@@ -114,6 +115,7 @@ class Controller:
         foundations = sum(selected_pass(state.options.hires, is_hires) for is_hires in (False, True)[:1 + hires])
         apg = plan_cure(state.options, analyze_prompt(p.prompts[0])).apg if p.prompts else False
         shared.state.job_count += foundations + (1 if apg else 0)
+        state.prepared = None
 
     def before_sampling(self, p: Any, *, x: torch.Tensor, noise: torch.Tensor, c: Any, uc: Any,
                         **_kwargs: Any) -> None:
@@ -125,8 +127,15 @@ class Controller:
         is_hires = bool(getattr(p, "is_hr_pass", False))
         if not selected_pass(state.options.hires, is_hires):
             return
+        pass_key = (is_hires, x.data_ptr(), tuple(x.shape))
         try:
+            if state.session is not None and state.prepared == pass_key:
+                # Forge calls this hook twice for the hires pass and keeps only the second model objects:
+                # re-install the cure, the foundation of this pass is done.
+                self._enter_cure(state, c)
+                return
             self._start_cure(p, state, x=x, noise=noise, c=c, uc=uc, is_hires=is_hires)
+            state.prepared = pass_key
         except CureInterrupted as stop:
             self._close_cure(state)
             state.note(p, f"cure stopped: {stop}; the image is uncured")
@@ -167,14 +176,20 @@ class Controller:
             session.build_masks()
             if options.debug_images:
                 state.debug.extend(debug_images(session))
+        self._enter_cure(state, c)
+        if ran:
+            shared.state.textinfo = "FreeCure: cure pass"
+        for note in session.notes:
+            state.note(p, note)
+
+    @staticmethod
+    def _enter_cure(state: JobState, conditioning: Any) -> None:
+        """Install the cure for the WebUI's main sampling; it stays until ``post_sample`` (or the next pass)."""
         stack = contextlib.ExitStack()
         _OPEN_CURES.append(stack)
         state.cure = stack
-        hooks = stack.enter_context(session.curing())
-        stack.enter_context(host.routed(hooks, c))
-        shared.state.textinfo = "FreeCure: cure pass" if ran else shared.state.textinfo
-        for note in session.notes:
-            state.note(p, note)
+        hooks = stack.enter_context(state.session.curing())
+        stack.enter_context(state.host.routed(hooks, conditioning))
 
     def post_sample(self, p: Any, ps: Any) -> None:
         state = job_state(p)

@@ -48,15 +48,15 @@ def create_host(p: Any, options: Options, *, x: torch.Tensor, noise: torch.Tenso
                 unconditional: Any, is_hires: bool) -> Any:
     """The pipeline host for this sampling pass of this job."""
     if is_forge(p.sd_model):
-        from freecure.webui.forge import ForgeHost
+        from freecure.webui.forge import ForgeHost, ForgeIdentitySwitch
 
-        host_class, unet = ForgeHost, None
+        host_class, switch_class, unet = ForgeHost, ForgeIdentitySwitch, None
     else:
         from freecure.webui.a1111 import A1111Host
 
-        host_class, unet = A1111Host, p.sd_model.model.diffusion_model
-    identity = IdentitySwitch(p, kinds=options.identity_off, keep_networks=options.keep_networks,
-                              is_hires=is_hires, unet=unet)
+        host_class, switch_class, unet = A1111Host, IdentitySwitch, p.sd_model.model.diffusion_model
+    identity = switch_class(p, kinds=options.identity_off, keep_networks=options.keep_networks,
+                            is_hires=is_hires, unet=unet)
     return host_class(p, x=x, noise=noise, conditioning=conditioning, unconditional=unconditional,
                       identity=identity, is_hires=is_hires)
 

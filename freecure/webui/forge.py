@@ -1,0 +1,195 @@
+"""The Forge host (Forge 2's ``backend`` and classic Forge's ``ldm_patched``): attention through replace
+patches on a clone of ``p.sd_model.forge_objects.unet``, row roles from the patches' ``transformer_options``.
+
+Forge resets ``forge_objects`` before every sampling call and ignores instance forwards of other hosts, so
+the clone is made afresh inside each pass, after the identity switch, and put back when the pass ends.
+Every host import happens inside functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from freecure.attention import AttentionEngine, LayerKey, RowRole, token_grid
+from freecure.pipeline.host import Branch, CallHooks
+from freecure.webui.a1111 import A1111Host, CallRouter, attention_modules
+
+PatchFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict], torch.Tensor]
+
+
+def attention_function() -> Callable[..., torch.Tensor]:
+    """The host's own attention kernel, ``fn(q, k, v, heads, mask=None)`` on projected tensors."""
+    try:
+        from backend.attention import attention_function as kernel
+    except ImportError:  # classic Forge
+        from ldm_patched.ldm.modules.attention import optimized_attention as kernel
+    return kernel
+
+
+def is_identity_adapter_patch(patch: Any) -> bool:
+    """Whether an attn2 replace patch is Forge's IP-Adapter injecting a face identity (FaceID, InstantID)."""
+    adapters = getattr(patch, "ipadapters", None) or ()
+    return any(getattr(a, "is_faceid", False) or getattr(a, "is_instant_id", False) for a in adapters)
+
+
+def rows_of(transformer_options: dict, batch: int) -> list[RowRole]:
+    """Row roles of one Forge UNet call: ``cond_or_uncond`` lists its chunks (0 cond, 1 uncond), each with
+    one row per image, usually [uncond, cond]."""
+    chunks = transformer_options["cond_or_uncond"]
+    per_chunk = batch // len(chunks)
+    return [RowRole(cond=kind == 0, image=i) for kind in chunks for i in range(per_chunk)]
+
+
+def make_patch(engine: AttentionEngine, layer: LayerKey, is_self: bool, previous: PatchFn | None,
+               skip_previous: bool) -> PatchFn:
+    """A replace patch routing one layer to the engine; every call the engine does not take over goes to
+    the previous patch (another extension's) or the host's kernel, unchanged."""
+    kernel = attention_function()
+
+    def original(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, options: dict) -> torch.Tensor:
+        if previous is not None and not skip_previous:
+            return previous(q, k, v, options)
+        return kernel(q, k, v, options["n_heads"])
+
+    def patch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, options: dict) -> torch.Tensor:
+        out = original(q, k, v, options)
+        if not engine.wants(layer, is_self):
+            return out
+        rows = rows_of(options, q.shape[0])
+        heads, scale = options["n_heads"], options["dim_head"] ** -0.5
+        grid = token_grid(engine.latent_hw, q.shape[1])
+        if engine.mode == "recording":
+            if is_self:
+                engine.observe_self(layer, k, v, rows)
+            else:
+                engine.observe_cross(layer, q, k, heads, scale, rows, grid)
+            return out
+        result = engine.fasa_rows(layer, q, k, v, heads, scale, rows, grid)
+        if result is None:
+            return out
+        handled, fasa_out = result
+        out = out.clone()
+        out[handled] = fasa_out.to(out.dtype)
+        return out
+
+    return patch
+
+
+class ForgeRouter(CallRouter):
+    """Forge gives ``on_cfg_denoiser`` the unbatched latent: one row per image; uncond rows are implied."""
+
+    def on_cfg_denoiser(self, params: Any) -> None:
+        if self.hooks is None:
+            return
+        batch = params.x.shape[0]
+        roles = [RowRole(cond=True, image=i) for i, count in enumerate(self.cond_counts) for _ in range(count)]
+        roles += [RowRole(cond=False, image=i) for i in range(batch)]
+        self._x_t, self._sigma = params.x, params.sigma
+        progress = params.sampling_step / max(1, params.total_sampling_steps)
+        self.hooks.before_call(roles, tuple(params.x.shape[-2:]), progress)
+
+
+class ForgeHost(A1111Host):
+    """The pipeline host on Forge; passes, conditioning, RNG and progress are shared with A1111."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.router = ForgeRouter()
+        self._engine: AttentionEngine | None = None
+        self._identity_on = True
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        return self.p.sd_model.forge_objects.unet.model.diffusion_model
+
+    def text_embedder(self) -> Any:
+        model = self.p.sd_model
+        return getattr(model, "text_processing_engine_l", None) or getattr(model, "text_processing_engine", None) \
+            or super().text_embedder()
+
+    @contextlib.contextmanager
+    def attach(self, engine: AttentionEngine) -> Iterator[None]:
+        # The patches go on a clone made inside each pass (``_patched``): Forge swaps forge_objects per pass.
+        self._engine = engine
+        try:
+            yield
+        finally:
+            self._engine = None
+
+    @contextlib.contextmanager
+    def _patched(self) -> Iterator[None]:
+        if self._engine is None:
+            yield
+            return
+        model = self.p.sd_model
+        original = model.forge_objects.unet
+        clone = original.clone()
+        replace = clone.model_options.get("transformer_options", {}).get("patches_replace", {})
+        for key in attention_modules(self.unet):
+            for target, is_self in (("attn1", True), ("attn2", False)):
+                previous = replace.get(target, {}).get(key)
+                skip = not is_self and not self._identity_on and is_identity_adapter_patch(previous) \
+                    and "adapter" in self.identity.kinds
+                patch = make_patch(self._engine, key, is_self, previous, skip)
+                setter = clone.set_model_attn1_replace if is_self else clone.set_model_attn2_replace
+                setter(patch, *key)
+        model.forge_objects.unet = clone
+        try:
+            yield
+        finally:
+            model.forge_objects.unet = original
+
+    @contextlib.contextmanager
+    def _branch_state(self, branch: Branch) -> Iterator[None]:
+        with super()._branch_state(branch):
+            self._identity_on = branch.identity
+            try:
+                with self._patched():
+                    yield
+            finally:
+                self._identity_on = True
+
+    @contextlib.contextmanager
+    def routed(self, hooks: CallHooks, conditioning: Any) -> Iterator[None]:
+        with super().routed(hooks, conditioning), self._patched():
+            yield
+
+
+class ForgeIdentitySwitch:
+    """Identity off on Forge: the model objects from before LoRA was applied (``forge_objects_original``);
+    identity adapters are skipped in the attention patches (``ForgeHost``)."""
+
+    def __init__(self, p: Any, *, kinds: Any, keep_networks: Any, is_hires: bool, unet: Any = None) -> None:
+        self.p = p
+        self.kinds = set(kinds)
+        self.keep = list(keep_networks)
+        data = getattr(p, "hr_extra_network_data" if is_hires else "extra_network_data", None) or {}
+        self.networks = [f"{name}:{params.items[0]}" for name, params_list in data.items()
+                         if name in ("lora", "lyco") for params in params_list]
+
+    def sources(self) -> list[str]:
+        found = list(self.networks) if "lora" in self.kinds else []
+        unet = getattr(getattr(self.p.sd_model, "forge_objects", None), "unet", None)
+        patches = (getattr(unet, "model_options", {}) or {}).get("transformer_options", {}) \
+            .get("patches_replace", {}).get("attn2", {})
+        if "adapter" in self.kinds and any(is_identity_adapter_patch(patch) for patch in patches.values()):
+            found.append("adapter:IP-Adapter identity")
+        return found
+
+    @contextlib.contextmanager
+    def switched(self, *, on: bool) -> Iterator[None]:
+        model = self.p.sd_model
+        original = getattr(model, "forge_objects_original", None)
+        if on or "lora" not in self.kinds or not self.networks or original is None:
+            yield
+            return
+        saved = model.forge_objects
+        model.forge_objects = original.shallow_copy()
+        try:
+            yield
+        finally:
+            model.forge_objects = saved
