@@ -58,8 +58,12 @@ def strip_network_tags(
         removed.append((kind, name))
         return ""
 
-    text = _NETWORK_TAG.sub(drop, prompt)
-    return (_tidy(text) if removed else prompt), removed
+    text = prompt
+    while True:  # a removal (and its tidying) can join "<" and "lora:b:1>" into a new tag: strip that too
+        stripped = _NETWORK_TAG.sub(drop, text)
+        if stripped == text:
+            return text, removed
+        text = _tidy(stripped)
 
 
 def foundation_prompt(
@@ -79,17 +83,15 @@ def foundation_prompt(
     ("ohwx woman" -> "woman"). A ``template`` with ``[PROMPT]`` wraps the cleaned prompt; a template
     without it is the foundation prompt as written.
     """
-    text, tags = strip_network_tags(prompt, keep_networks, network_kinds)
-    removed = [f"{kind}:{name}" for kind, name in tags]
-
     labels: dict[str, str] = {}  # lower-case name -> report label; a trigger word wins over an embedding
     for prefix, names in (("embedding", embeddings), ("trigger", trigger_words)):
         for name in names:
             if name.strip():
                 labels[" ".join(name.split()).lower()] = f"{prefix}:{name.strip()}"
-    if labels:
-        text, replaced = _replace_identity_words(text, labels, class_word.strip())
-        removed += replaced
+    text, replaced = _replace_identity_words(prompt, labels, class_word.strip()) if labels else (prompt, [])
+    # Tags go last, so that nothing the word replacement tidied together can remain a tag.
+    text, tags = strip_network_tags(text, keep_networks, network_kinds)
+    removed = [f"{kind}:{name}" for kind, name in tags] + replaced
 
     if template:
         text = template.replace(PROMPT_PLACEHOLDER, text) if PROMPT_PLACEHOLDER in template else template
@@ -97,7 +99,7 @@ def foundation_prompt(
 
 
 def _replace_identity_words(text: str, labels: dict[str, str], class_word: str) -> tuple[str, list[str]]:
-    """Replace each run of identity words outside kept tags; returns the text and the report labels."""
+    """Replace each run of identity words outside network tags; returns the text and the report labels."""
     # Longest names first so "ohwx man" wins over "ohwx"; a run is names separated only by a gap.
     names = "|".join(re.escape(name).replace(r"\ ", r"\s+") for name in sorted(labels, key=len, reverse=True))
     one = rf"(?<!\w)(?:{names})(?!\w)"
@@ -105,13 +107,13 @@ def _replace_identity_words(text: str, labels: dict[str, str], class_word: str) 
     single = re.compile(one, re.IGNORECASE)
     class_nouns = SUBJECT_NOUNS | {class_word.lower()}
 
-    kept_tags = [tag.span() for tag in _NETWORK_TAG.finditer(text)]
+    tags = [tag.span() for tag in _NETWORK_TAG.finditer(text)]
     pieces: list[str] = []
     reported: list[str] = []
     position = 0
     for match in run.finditer(text):
-        if any(start < match.end() and match.start() < end for start, end in kept_tags):
-            continue  # inside a kept network tag: the name is a file name there, not a word
+        if any(start < match.end() and match.start() < end for start, end in tags):
+            continue  # inside a network tag the name is a file name, not a word
         reported += [labels[" ".join(m.group().split()).lower()] for m in single.finditer(match.group())]
         before, after = text[position : match.start()], text[match.end() :]
         word_after, word_before = _WORD_AFTER.match(after), _WORD_BEFORE.search(before)
@@ -146,7 +148,7 @@ def _tidy(text: str) -> str:
     while previous != text:  # "((ohwx))" empties from the inside out
         previous, text = text, _EMPTY_GROUP.sub("", text)
     text = re.sub(r"[ \t]+", " ", text)
-    text = re.sub(r" ?\n ?", "\n", text)
+    text = re.sub(r"( ?\n ?)+", "\n", text)  # a tag alone on its line leaves an empty line
     text = re.sub(r" +,", ",", text)
     text = re.sub(r",(?:[ \t]*,)+", ",", text)
     return text.strip(" \t\n,")
