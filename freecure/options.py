@@ -135,7 +135,7 @@ class _Choice(_Kind):
 
 @dataclass(frozen=True)
 class _Text(_Kind):
-    """Free text kept verbatim (prompts); ``check`` adds a field-specific rule."""
+    """Free text kept verbatim (prompts), bounded in length."""
 
     max_length: int
 
@@ -151,6 +151,8 @@ class _Text(_Kind):
 
 
 class _Template(_Text):
+    """A prompt template: ``[PROMPT]`` is its only placeholder, and look-alikes are refused."""
+
     _LOOKALIKE = re.compile(r"[\[{<]\s*prompts?\s*[\]}>]", re.IGNORECASE)
 
     def parse(self, name: str, value: Any) -> str:
@@ -246,9 +248,10 @@ class _Faces(_Kind):
             value = [value]
         try:
             parts = _split(name, value, self.separators)
-            words = [p.strip().lower() for p in parts if isinstance(p, str)]
-            if not parts or words in (["all"], ["largest"]):
-                return words[0] if parts else "all"
+            if not parts:
+                return "all"
+            if len(parts) == 1 and str(parts[0]).strip().lower() in ("all", "largest"):
+                return str(parts[0]).strip().lower()
             return tuple(sorted({self._index.parse(name, p) for p in parts}))
         except OptionsError:
             raise OptionsError(name, f"must be {self._ACCEPTED}; got {_shown(value)}") from None

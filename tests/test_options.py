@@ -307,6 +307,7 @@ ERRORS = [
     ({"faces": "-1"}, "faces", ["all", "largest", "0", "99"]),
     ({"faces": "first"}, "faces", ["all", "largest"]),
     ({"faces": [0.5]}, "faces", ["indices"]),
+    ({"faces": ["all", 3]}, "faces", ["all", "largest"]),
     ({"allow_download": None}, "allow_download", ["true", "false"]),
     ({"offload_bank": "0"}, "offload_bank", ["true", "false"]),
     ({"enabled": "on"}, "enabled", ["true", "false"]),
