@@ -237,23 +237,31 @@ def free_models() -> int:
     return count
 
 
-def _find_weights(models_dir: Path, file_names: Sequence[str]) -> Path | None:
-    """The first of ``file_names`` present in ``models_dir``, each also tried as ``.safetensors``."""
-    for name in file_names:
-        for candidate in (models_dir / name, models_dir / Path(name).with_suffix(".safetensors")):
+def _file_names(name: str) -> list[str]:
+    return [WEIGHT_FILES[name], MOBILE_RETINAFACE_FILE] if name == "retinaface" else [WEIGHT_FILES[name]]
+
+
+def weights_file(name: str, models_dir: str | Path) -> Path | None:
+    """The file :func:`parse_faces` loads for ``name`` (a ``WEIGHT_FILES`` key) from ``models_dir``.
+
+    Each file name is also tried with a ``.safetensors`` suffix; for RetinaFace the resnet50 file wins
+    over the mobile0.25 one. None when none is there.
+    """
+    if name not in WEIGHT_FILES:
+        raise ValueError(f"name must be one of {', '.join(WEIGHT_FILES)}; got {name!r}")
+    for file_name in _file_names(name):
+        pickle_file = Path(models_dir) / file_name
+        for candidate in (pickle_file, pickle_file.with_suffix(".safetensors")):
             if candidate.is_file():
                 return candidate
     return None
 
 
 def _weights_path(name: str, models_dir: Path, allow_download: bool) -> Path:
-    file_names = [WEIGHT_FILES[name]]
-    if name == "retinaface":
-        file_names.append(MOBILE_RETINAFACE_FILE)
-    found = _find_weights(models_dir, file_names)
+    found = weights_file(name, models_dir)
     if found is not None:
         return found
-    wanted = " or ".join(file_names)
+    wanted = " or ".join(_file_names(name))
     if not allow_download:
         raise _WeightsUnavailable(f"{wanted} not found in {models_dir}; put it there or allow downloads")
     try:
@@ -285,6 +293,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _build_network(name: str, path: Path, device: torch.device) -> torch.nn.Module:
+    state = _read_state_dict(path)
     if name == "bisenet":
         from facexlib.parsing.bisenet import BiSeNet
 
@@ -302,7 +311,6 @@ def _build_network(name: str, path: Path, device: torch.device) -> torch.nn.Modu
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torchvision's "pretrained" deprecation
             network = RetinaFace(network_name=backbone, half=False, device=device)
-    state = _read_state_dict(path)
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as error:
