@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from freecure.attributes import analyze_prompt
-from freecure.identity import foundation_prompt
+from freecure.identity import IDENTITY_TAG_KINDS, foundation_prompt
 from freecure.options import Options, OptionsError
 from freecure.pipeline import CureInterrupted, CureSession, plan_cure
 from freecure.webui import hosts, settings
@@ -154,9 +154,10 @@ class Controller:
         prompts = list(p.hr_prompts if is_hires else p.prompts)
         negatives = list(p.hr_negative_prompts if is_hires else p.negative_prompts)
         embeddings = hosts.embedding_names() if "embedding" in options.identity_off else ()
+        network_kinds = [kind for source in options.identity_off for kind in IDENTITY_TAG_KINDS.get(source, ())]
         cleaned = [foundation_prompt(prompt, trigger_words=options.trigger_words, class_word=options.class_word,
                                      keep_networks=options.keep_networks, template=options.foundation_prompt,
-                                     embeddings=embeddings) for prompt in prompts]
+                                     embeddings=embeddings, network_kinds=network_kinds) for prompt in prompts]
         for source in [*host.identity.sources(), *(r for f in cleaned for r in f.removed)]:
             if source not in state.identity_sources:
                 state.identity_sources.append(source)

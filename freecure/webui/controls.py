@@ -14,7 +14,7 @@ from typing import Any
 from freecure.attributes import VOCABULARY
 from freecure.options import UI_FIELDS, Options, OptionsError
 
-# Label, widget, main (visible) or advanced, and a hover hint (javascript/freecure-hints.js shows it).
+# Label, widget, main (visible) or advanced. Hover hints live in javascript/freecure-hints.js, keyed by label.
 _MAIN = True
 _ADVANCED = False
 
@@ -25,57 +25,40 @@ class Control:
     label: str
     widget: str  # checkbox | slider | radio | dropdown | multiselect | textbox
     main: bool
-    hint: str
     step: float = 0.01
 
 
 CONTROLS: dict[str, Control] = {
     c.field: c
     for c in (
-        Control("method", "Method", "radio", _MAIN,
-                "fasa: attention borrows the foundation's attribute features; blend: the prediction is blended "
-                "toward the foundation's inside the mask (cheaper, cruder)."),
-        Control("attributes", "Attributes", "multiselect", _MAIN,
-                "auto finds them in the prompt; or pick the ones to cure."),
-        Control("strength", "FASA strength w (-1 = model default: SD1.x 0.5, SDXL 1.5)", "slider", _MAIN,
-                "Logit bias on the foundation's attribute tokens. 0 turns FASA off.", 0.05),
-        Control("blend_weight", "Blend weight", "slider", _MAIN,
-                "How far the prediction moves toward the foundation inside the mask (method blend).", 0.05),
-        Control("apg", "Expression (APG)", "radio", _MAIN,
-                "Inversion-based guidance for expressions such as smiling or angry. auto: when the prompt has one."),
-        Control("apg_strength", "APG depth g", "slider", _MAIN,
-                "Fraction of the schedule inverted and regenerated for the expression.", 0.05),
-        Control("mask_source", "Masks from", "radio", _MAIN,
-                "parser: face parsing of the foundation image; attention: its cross-attention maps; both."),
-        Control("debug_images", "Show foundation image and masks", "checkbox", _MAIN,
-                "Adds the foundation image, mask overlays and attention heatmaps after the results."),
-        Control("blend_start", "Blend from (fraction of steps)", "slider", _ADVANCED,
-                "Blending starts after this fraction of the schedule.", 0.01),
-        Control("step_start", "FASA from (fraction of steps)", "slider", _ADVANCED, "", 0.01),
-        Control("step_end", "FASA until (fraction of steps)", "slider", _ADVANCED, "", 0.01),
-        Control("layers", "Layers", "dropdown", _ADVANCED,
-                "Self-attention layers that borrow from the foundation. default follows the paper per model."),
-        Control("mask_combine", "Combine parser and attention masks", "radio", _ADVANCED, ""),
-        Control("mask_dilation", "Mask dilation (px)", "slider", _ADVANCED, "", 1),
-        Control("identity_off", "Identity sources switched off in the foundation pass", "multiselect", _ADVANCED,
-                "LoRA/LyCORIS, hypernetworks, embeddings/trigger words, identity adapter units."),
-        Control("trigger_words", "Trigger words (comma-separated)", "textbox", _ADVANCED,
-                "Replaced by the class word in the foundation prompt."),
-        Control("class_word", "Class word", "textbox", _ADVANCED, "Replaces trigger words and embeddings."),
-        Control("keep_networks", "Networks that are not identity (comma-separated)", "textbox", _ADVANCED,
-                "Style LoRAs that stay on in the foundation pass."),
+        Control("method", "Method", "radio", _MAIN),
+        Control("attributes", "Attributes", "multiselect", _MAIN),
+        Control("strength", "FASA strength w (-1 = model default: SD1.x 0.5, SDXL 1.5)", "slider", _MAIN, 0.05),
+        Control("blend_weight", "Blend weight", "slider", _MAIN, 0.05),
+        Control("apg", "Expression (APG)", "radio", _MAIN),
+        Control("apg_strength", "APG depth g", "slider", _MAIN, 0.05),
+        Control("mask_source", "Masks from", "radio", _MAIN),
+        Control("debug_images", "Show foundation image and masks", "checkbox", _MAIN),
+        Control("blend_start", "Blend from (fraction of steps)", "slider", _ADVANCED, 0.01),
+        Control("step_start", "FASA from (fraction of steps)", "slider", _ADVANCED, 0.01),
+        Control("step_end", "FASA until (fraction of steps)", "slider", _ADVANCED, 0.01),
+        Control("layers", "Layers", "dropdown", _ADVANCED),
+        Control("mask_combine", "Combine parser and attention masks", "radio", _ADVANCED),
+        Control("mask_dilation", "Mask dilation (px)", "slider", _ADVANCED, 1),
+        Control("identity_off", "Identity sources switched off in the foundation pass", "multiselect", _ADVANCED),
+        Control("trigger_words", "Trigger words (comma-separated)", "textbox", _ADVANCED),
+        Control("class_word", "Class word", "textbox", _ADVANCED),
+        Control("keep_networks", "Networks that are not identity (comma-separated)", "textbox", _ADVANCED),
         Control("foundation_prompt", "Foundation prompt ([PROMPT] = your prompt without identity)", "textbox",
                 _ADVANCED, ""),
-        Control("apg_source", "APG source prompt (empty = subject of the prompt)", "textbox", _ADVANCED, ""),
-        Control("apg_target", "APG target prompt (empty = subject + expression)", "textbox", _ADVANCED, ""),
-        Control("apg_guidance", "APG guidance", "radio", _ADVANCED,
-                "asymmetric: guidance relative to the source prompt instead of the negative prompt."),
-        Control("hires", "Hires fix", "radio", _ADVANCED, "Which pass is cured when hires fix is on."),
-        Control("face_parser", "Face parser", "dropdown", _ADVANCED, ""),
-        Control("faces", "Faces (all, largest, or indices like 0,2)", "textbox", _ADVANCED, ""),
-        Control("allow_download", "Allow downloading parser weights", "checkbox", _ADVANCED, ""),
-        Control("offload_bank", "Keep the attention bank in CPU memory", "checkbox", _ADVANCED,
-                "Saves GPU memory for large images at some speed."),
+        Control("apg_source", "APG source prompt (empty = subject of the prompt)", "textbox", _ADVANCED),
+        Control("apg_target", "APG target prompt (empty = subject + expression)", "textbox", _ADVANCED),
+        Control("apg_guidance", "APG guidance", "radio", _ADVANCED),
+        Control("hires", "Hires fix", "radio", _ADVANCED),
+        Control("face_parser", "Face parser", "dropdown", _ADVANCED),
+        Control("faces", "Faces (all, largest, or indices like 0,2)", "textbox", _ADVANCED),
+        Control("allow_download", "Allow downloading parser weights", "checkbox", _ADVANCED),
+        Control("offload_bank", "Keep the attention bank in CPU memory", "checkbox", _ADVANCED),
     )
 }
 

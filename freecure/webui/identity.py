@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-NETWORK_KINDS = {"lora": ("lora", "lyco"), "hypernetwork": ("hypernet",)}
+from freecure.identity import IDENTITY_TAG_KINDS
 
 
 def _network_name(params: Any) -> str:
@@ -46,7 +46,7 @@ class IdentitySwitch:
 
     # -- what would be switched off ---------------------------------------------------------------------------
     def _identity_network_names(self) -> set[str]:
-        return {name for kind in self.kinds for name in NETWORK_KINDS.get(kind, ())}
+        return {name for kind in self.kinds for name in IDENTITY_TAG_KINDS.get(kind, ())}
 
     def _networks_by_object(self) -> list[tuple[Any, list[Any], list[Any]]]:
         """(network, all params, params kept in the foundation pass), one entry per registered network object

@@ -24,7 +24,7 @@ def register() -> None:
 
     from freecure.options import schema
 
-    parsers = list(schema()["face_parser"]["choices"])
+    parsers = list(schema()["fields"]["face_parser"]["choices"])
     shared.opts.add_option("freecure_face_parser", shared.OptionInfo(
         "bisenet", "Face parser for attribute masks", gr.Dropdown, {"choices": parsers}, section=SECTION))
     shared.opts.add_option("freecure_models_dir", shared.OptionInfo(
