@@ -1,0 +1,128 @@
+"""A CLIP-like text side with the WebUI's chunking rules and a deterministic toy encoder.
+
+Tokens are words and punctuation marks; ids come from a CRC of the lowercased token, so the same word
+always has the same id, as with a real vocabulary. ``tokenize_line`` follows ``sd_hijack_clip``:
+emphasis is parsed away into multipliers, ``BREAK`` starts a new chunk, each chunk holds 75 tokens and
+is stored as 77 (``id_start`` ... ``id_end``, padded with ``id_pad``). Context column of a token =
+chunk index * 77 + position in ``chunk.tokens``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+
+import torch
+from torch import nn
+
+ID_START = 49406
+ID_END = 49407
+VOCAB_BUCKETS = 1024
+re_token = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
+
+
+def token_id(token: str) -> int:
+    return 1 + zlib.crc32(token.encode("utf8")) % (ID_START - 1)
+
+
+def tokenize_text(text: str) -> list[int]:
+    return [token_id(t) for t in re_token.findall(text.lower())]
+
+
+class PromptChunk:
+    """``sd_hijack_clip.PromptChunk``: 77 token ids, their emphasis multipliers, embedding fixes."""
+
+    def __init__(self):
+        self.tokens: list[int] = []
+        self.multipliers: list[float] = []
+        self.fixes: list = []
+
+
+class ChunkedTokenizer:
+    """The ``tokenize``/``tokenize_line`` half of the WebUI's CLIP wrappers (A1111 and Forge alike)."""
+
+    chunk_length = 75
+
+    def __init__(self, id_pad: int = ID_END):
+        self.id_start = ID_START
+        self.id_end = ID_END
+        self.id_pad = id_pad
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        return [tokenize_text(text) for text in texts]
+
+    def empty_chunk(self) -> PromptChunk:
+        chunk = PromptChunk()
+        chunk.tokens = [self.id_start] + [self.id_end] * (self.chunk_length + 1)
+        chunk.multipliers = [1.0] * (self.chunk_length + 2)
+        return chunk
+
+    def get_target_prompt_token_count(self, token_count: int) -> int:
+        return math.ceil(max(token_count, 1) / self.chunk_length) * self.chunk_length
+
+    def tokenize_line(self, line: str) -> tuple[list[PromptChunk], int]:
+        from modules import prompt_parser  # the host's emphasis parser (A1111 and Forge share it)
+
+        parsed = prompt_parser.parse_prompt_attention(line)
+        chunks: list[PromptChunk] = []
+        chunk = PromptChunk()
+        token_count = 0
+
+        def next_chunk(is_last: bool = False) -> None:
+            nonlocal token_count, chunk
+            token_count += len(chunk.tokens) if is_last else self.chunk_length
+            to_add = self.chunk_length - len(chunk.tokens)
+            if to_add > 0:
+                chunk.tokens += [self.id_end] + [self.id_pad] * (to_add - 1)
+                chunk.multipliers += [1.0] * to_add
+            chunk.tokens = [self.id_start, *chunk.tokens, self.id_end]
+            chunk.multipliers = [1.0, *chunk.multipliers, 1.0]
+            chunks.append(chunk)
+            chunk = PromptChunk()
+
+        for text, weight in parsed:
+            if text == "BREAK" and weight == -1:
+                next_chunk()
+                continue
+            for token in tokenize_text(text):
+                if len(chunk.tokens) == self.chunk_length:
+                    next_chunk()
+                chunk.tokens.append(token)
+                chunk.multipliers.append(weight)
+        if chunk.tokens or not chunks:
+            next_chunk(is_last=True)
+        return chunks, token_count
+
+
+class ToyTextEncoder(nn.Module):
+    """Per-token embedding plus position embedding, then one linear layer (the LoRA target)."""
+
+    def __init__(self, dim: int, seed: int):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.token_embedding = nn.Embedding(VOCAB_BUCKETS, dim)
+        self.position_embedding = nn.Embedding(77, dim)
+        self.proj = nn.Linear(dim, dim)
+        with torch.no_grad():
+            for param in self.parameters():
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+
+    def encode_chunk(self, tokens: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
+        """``tokens``/``multipliers``: (B, 77). Emphasis scales tokens and keeps the mean, as A1111 does."""
+        z = self.proj(self.token_embedding(tokens % VOCAB_BUCKETS) + self.position_embedding.weight)
+        original_mean = z.mean()
+        z = z * multipliers.unsqueeze(-1)
+        return z * (original_mean / z.mean())
+
+    def encode_lines(self, tokenizer: ChunkedTokenizer, texts: list[str]) -> torch.Tensor:
+        """(B, 77 * chunks, dim): chunks of every text, shorter texts padded with empty chunks."""
+        batch_chunks = [tokenizer.tokenize_line(text)[0] for text in texts]
+        chunk_count = max(len(chunks) for chunks in batch_chunks)
+        zs = []
+        for i in range(chunk_count):
+            chunks = [c[i] if i < len(c) else tokenizer.empty_chunk() for c in batch_chunks]
+            tokens = torch.tensor([c.tokens for c in chunks])
+            multipliers = torch.tensor([c.multipliers for c in chunks])
+            zs.append(self.encode_chunk(tokens, multipliers))
+        return torch.hstack(zs)
