@@ -1,0 +1,235 @@
+"""A small reference host that drives a diffusers ``UNet2DConditionModel`` the way the WebUI does.
+
+k-diffusion conventions throughout: the sigma table of SD's scaled-linear beta schedule, c_in =
+1/sqrt(sigma^2 + 1), t from sigma by log-linear interpolation, eps -> x0. CFG runs in our own code with
+A1111's row layout, [cond rows..., uncond rows...], in one UNet call or (``batch_cond_uncond=False``) one
+call per half. Prompts go through a toy text encoder (deterministic per-word embeddings, 77 tokens), so
+context columns are exact. The tests and ``benchmarks/`` use it; the WebUI adapters are the real hosts.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from freecure import sampling
+from freecure.attention import (
+    AttentionEngine,
+    LayerKey,
+    RowRole,
+    RowTracker,
+    diffusers_layer_keys,
+    intercept_diffusers,
+)
+from freecure.tokens import CHUNK_LENGTH, phrase_columns
+
+from .host import Branch, CallHooks, CureInterrupted, SamplerFn
+
+FAMILIES = ("sd1", "sd2", "sdxl")
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def sd_sigma_table(steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> Tensor:
+    """Ascending model sigmas of SD's scaled-linear beta schedule: sigma = sqrt((1 - abar) / abar)."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2
+    alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+    return ((1 - alphas_cumprod) / alphas_cumprod).sqrt().float()
+
+
+class ToyTextEncoder:
+    """Deterministic random embedding per word, plus a position embedding; 77 columns per prompt:
+    start token, up to 75 words, end token, padding (= the end token, as SD1's CLIP)."""
+
+    START, END = 1, 2
+
+    def __init__(self, dim: int, pooled_dim: int = 0, seed: int = 0, vocab: int = 4096) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.vocab = vocab
+        self.embeddings = torch.randn(vocab, dim, generator=gen)
+        self.positions = torch.randn(CHUNK_LENGTH, dim, generator=gen) * 0.1
+        self.pooled_projection = torch.randn(dim, pooled_dim, generator=gen) if pooled_dim else None
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of the words of ``text``, without start/end tokens."""
+        return [3 + zlib.crc32(word.encode()) % (self.vocab - 3) for word in _WORD.findall(text.lower())]
+
+    def chunk(self, prompt: str) -> list[int]:
+        """The 77 token ids the encoder sees."""
+        ids = self.tokenize(prompt)
+        if len(ids) > CHUNK_LENGTH - 2:
+            raise ValueError(f"prompt: toy encoder reads {CHUNK_LENGTH - 2} words at most; got {len(ids)}")
+        return [self.START, *ids, *[self.END] * (CHUNK_LENGTH - 1 - len(ids))]
+
+    def encode(self, prompts: Sequence[str]) -> Tensor:
+        """(B, 77, dim) context."""
+        ids = torch.tensor([self.chunk(p) for p in prompts])
+        return self.embeddings[ids] + self.positions
+
+    def pooled(self, prompts: Sequence[str]) -> Tensor:
+        """(B, pooled_dim) pooled embedding (SDXL's ``text_embeds``)."""
+        if self.pooled_projection is None:
+            raise ValueError("pooled_dim: this encoder was built without a pooled projection")
+        return torch.tanh(self.encode(prompts).mean(dim=1) @ self.pooled_projection)
+
+
+class DiffusersHost:
+    """Reference :class:`~freecure.pipeline.host.Host` over a diffusers UNet (eps prediction).
+
+    ``set_identity(on)`` switches the simulated identity on or off (None: nothing to switch, so the
+    foundation branch equals the personalized one). The initial noise and the ancestral noise stream
+    come from ``seed``, identical for every pass, as the WebUI adapters reproduce them.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        *,
+        family: str,
+        steps: int,
+        sampler: str = "euler",
+        batch_size: int = 1,
+        latent_hw: tuple[int, int] = (8, 8),
+        seed: int = 0,
+        text_encoder: ToyTextEncoder | None = None,
+        set_identity: Callable[[bool], None] | None = None,
+        batch_cond_uncond: bool = True,
+        karras: bool = False,
+    ) -> None:
+        if family not in FAMILIES:
+            raise ValueError(f"family: unknown value {family!r}; accepted: {', '.join(FAMILIES)}")
+        if sampler not in sampling.SAMPLERS:
+            raise ValueError(f"sampler: unknown value {sampler!r}; accepted: {', '.join(sampling.SAMPLERS)}")
+        self.unet = unet
+        self.family = family
+        self.sampler = sampler
+        self.dtype = next(unet.parameters()).dtype
+        self.latent_hw = tuple(latent_hw)
+        self.seed = seed
+        self.batch_cond_uncond = batch_cond_uncond
+        self.set_identity = set_identity
+        config = unet.config
+        pooled_dim = 0
+        if family == "sdxl":
+            pooled_dim = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        self.text_encoder = text_encoder or ToyTextEncoder(config.cross_attention_dim, pooled_dim, seed=seed)
+        self.sigma_table = sd_sigma_table()
+        self._sigmas = (
+            sampling.karras_sigmas(steps, float(self.sigma_table[0]), float(self.sigma_table[-1]))
+            if karras
+            else sampling.sigmas_from_table(self.sigma_table, steps)
+        )
+        shape = (batch_size, config.in_channels, *self.latent_hw)
+        self.noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=self.dtype)
+        self.interrupted = False
+        self.unet_calls = 0
+
+    # --- Host protocol --------------------------------------------------------------------------------
+
+    def attach(self, engine: AttentionEngine) -> AbstractContextManager[None]:
+        return intercept_diffusers(engine, self.unet, RowTracker(engine))
+
+    def sample(self, branch: Branch, hooks: CallHooks) -> Tensor:
+        sigmas = self._sigmas
+        loop: SamplerFn = partial(sampling.SAMPLERS[self.sampler], sigmas=sigmas)
+        if self.sampler == "euler_a":
+            gen = torch.Generator().manual_seed(self.seed + 1)  # a fresh stream per pass, like the WebUI's
+            noise = lambda _s, _s_next: torch.randn(self.noise.shape, generator=gen, dtype=self.dtype)  # noqa: E731
+            loop = partial(loop, noise_sampler=noise)
+        return self.run(loop, self.noise * sigmas[0], branch, hooks)
+
+    def run(self, fn: SamplerFn, x: Tensor, branch: Branch, hooks: CallHooks) -> Tensor:
+        if len(branch.prompts) != x.shape[0]:
+            raise ValueError(f"branch.prompts: {len(branch.prompts)} prompts for a batch of {x.shape[0]}")
+        if self.set_identity is not None:
+            self.set_identity(branch.identity)
+        try:
+            with torch.no_grad():
+                return fn(self._cfg_denoiser(branch, hooks), x, extra_args={}, callback=None)
+        finally:
+            if self.set_identity is not None:
+                self.set_identity(True)
+
+    def layer_keys(self) -> list[LayerKey]:
+        return [key for key, is_self in diffusers_layer_keys(self.unet).values() if is_self]
+
+    def schedule(self) -> Tensor:
+        return self._sigmas.clone()
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """A fixed random 1x1 "VAE": 4 channels -> RGB, sigmoid, 8x nearest upsampling."""
+        weight = torch.randn(3, latents.shape[1], generator=torch.Generator().manual_seed(12345))
+        rgb = torch.sigmoid(torch.einsum("oc,bchw->bohw", weight, latents.float()))
+        return rgb.repeat_interleave(8, dim=2).repeat_interleave(8, dim=3)
+
+    def token_columns(self, prompt: str, phrases: Mapping[str, Sequence[str]]) -> dict[str, list[int]]:
+        return phrase_columns([self.text_encoder.chunk(prompt)], self.text_encoder.tokenize, phrases)
+
+    def check_interrupt(self) -> None:
+        if self.interrupted:
+            raise CureInterrupted("interrupted by the user")
+
+    # --- internals ------------------------------------------------------------------------------------
+
+    def _cfg_denoiser(self, branch: Branch, hooks: CallHooks) -> Callable[..., Tensor]:
+        cond = self.text_encoder.encode(branch.prompts).to(self.dtype)
+        uncond = self.text_encoder.encode(branch.negative_prompts).to(self.dtype)
+        with_uncond = branch.cfg_scale != 1.0  # guidance 1 needs no uncond rows (Forge's shortcut)
+        added = self._added_cond(branch) if self.family == "sdxl" else None
+
+        def denoise(x: Tensor, sigma: Tensor, **_: Any) -> Tensor:
+            self.check_interrupt()
+            batch = x.shape[0]
+            roles = [RowRole(True, i) for i in range(batch)]
+            halves = [(x, cond, None if added is None else added[0])]
+            if with_uncond:
+                roles += [RowRole(False, i) for i in range(batch)]
+                halves.append((x, uncond, None if added is None else added[1]))
+            hooks.before_call(roles, self.latent_hw, self._progress(sigma[0]))
+            if self.batch_cond_uncond:
+                merged_added = None if added is None else _cat_dicts([h[2] for h in halves])
+                x0 = self._x0(torch.cat([h[0] for h in halves]), sigma.repeat(len(halves)),
+                              torch.cat([h[1] for h in halves]), merged_added)
+                x0_parts = x0.chunk(len(halves))
+            else:
+                x0_parts = tuple(self._x0(h[0], sigma, h[1], h[2]) for h in halves)
+            guided = x0_parts[0]
+            if with_uncond:
+                guided = x0_parts[1] + branch.cfg_scale * (x0_parts[0] - x0_parts[1])
+            return hooks.after_cfg(x, sigma, guided)
+
+        return denoise
+
+    def _x0(self, x: Tensor, sigma: Tensor, context: Tensor, added: dict[str, Tensor] | None) -> Tensor:
+        """eps-prediction UNet -> x0 in the k-diffusion parameterization."""
+        self.unet_calls += 1
+        sigma_b = sigma.view(-1, 1, 1, 1).to(x.dtype)
+        c_in = 1 / (sigma_b**2 + 1).sqrt()
+        t = sampling.sigma_to_t(sigma.float(), self.sigma_table).to(x.dtype)
+        kwargs = {} if added is None else {"added_cond_kwargs": added}
+        eps = self.unet(x * c_in, t, encoder_hidden_states=context, **kwargs).sample
+        return x - sigma_b * eps
+
+    def _added_cond(self, branch: Branch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        height, width = (8 * s for s in self.latent_hw)
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.dtype)
+        rows = len(branch.prompts)
+        halves = (branch.prompts, branch.negative_prompts)
+        pooled = [self.text_encoder.pooled(texts).to(self.dtype) for texts in halves]
+        return tuple({"text_embeds": p, "time_ids": time_ids.repeat(rows, 1)} for p in pooled)  # type: ignore[return-value]
+
+    def _progress(self, sigma: Tensor) -> float:
+        """Fraction of the main schedule done at ``sigma`` (its nearest step; the WebUI's step/steps)."""
+        steps = self._sigmas.numel() - 1
+        index = int((self._sigmas[:-1] - float(sigma)).abs().argmin())
+        return index / steps
+
+
+def _cat_dicts(dicts: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+    return {key: torch.cat([d[key] for d in dicts]) for key in dicts[0]}

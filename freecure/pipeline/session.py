@@ -1,0 +1,410 @@
+"""FreeCure's stages, written so a WebUI can call them from separate hooks.
+
+``foundation`` (identity off, recording) -> ``build_masks`` -> ``curing`` (a context manager around the
+personalized pass: FASA or noise blending) -> ``apg`` (inversion and regeneration for expressions).
+``run_freecure`` chains them for hosts that run every pass themselves (the reference host, benchmarks).
+
+Foundation and cure passes line up by denoiser-call index: the host runs both with the same initial
+noise, sampler, schedule and ancestral noise, so call i of one is call i of the other, for first-order,
+ancestral and second-order samplers alike. Every stage installs its attention hooks for its own duration
+only (``with host.attach(...)``), so nothing stays installed after a stage returns or raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from freecure import sampling
+from freecure.attention import (
+    AttentionEngine,
+    CrossAttentionRecorder,
+    FasaSettings,
+    KVBank,
+    LayerKey,
+    RowRole,
+    preset_layers,
+)
+from freecure.attributes import VOCABULARY, PromptAnalysis, analyze_prompt, subject_phrase
+from freecure.masks import AttributeMasks, build_masks, to_latent
+from freecure.options import Options
+from freecure.parsing import parse_faces
+
+from .host import Branch, CureError, Host
+
+
+class PlainHooks:
+    """Hooks that change nothing; they count the denoiser calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def before_call(self, roles: Sequence[RowRole], latent_hw: tuple[int, int], progress: float) -> None:
+        self.calls += 1
+
+    def after_cfg(self, x_t: Tensor, sigma: Tensor, x0: Tensor) -> Tensor:
+        return x0
+
+
+class EngineHooks(PlainHooks):
+    """Announce every denoiser call to the attention engine (recording or curing)."""
+
+    def __init__(self, engine: AttentionEngine) -> None:
+        super().__init__()
+        self.engine = engine
+
+    def before_call(self, roles: Sequence[RowRole], latent_hw: tuple[int, int], progress: float) -> None:
+        super().before_call(roles, latent_hw, progress)
+        self.engine.begin_call(roles, latent_hw, progress)
+
+
+class FoundationHooks(EngineHooks):
+    """Foundation pass: engine recording, and (for noise blending) the (x_t, guided x0) of every call."""
+
+    def __init__(self, engine: AttentionEngine, keep_predictions: bool) -> None:
+        super().__init__(engine)
+        self.keep_predictions = keep_predictions
+        self.predictions: list[tuple[Tensor, Tensor]] = []
+
+    def after_cfg(self, x_t: Tensor, sigma: Tensor, x0: Tensor) -> Tensor:
+        if self.keep_predictions:
+            self.predictions.append((x_t.detach().clone(), x0.detach().clone()))
+        return x0
+
+
+class BlendHooks(PlainHooks):
+    """Cure pass by noise blending: from ``start`` on, the guided x0 of call i is pulled toward the
+    foundation's call i inside the mask (``weight_map`` = a * M, (B, 1, h, w))."""
+
+    def __init__(
+        self, predictions: Sequence[tuple[Tensor, Tensor]], weight_map: Tensor, start: float
+    ) -> None:
+        super().__init__()
+        self.predictions = predictions
+        self.weight_map = weight_map
+        self.start = start
+        self.misses = 0
+        self._progress = 0.0
+
+    def before_call(self, roles: Sequence[RowRole], latent_hw: tuple[int, int], progress: float) -> None:
+        super().before_call(roles, latent_hw, progress)
+        self._progress = progress
+
+    def after_cfg(self, x_t: Tensor, sigma: Tensor, x0: Tensor) -> Tensor:
+        if self._progress < self.start:
+            return x0
+        index = self.calls - 1
+        if index >= len(self.predictions) or self.predictions[index][0].shape != x_t.shape:
+            self.misses += 1
+            return x0
+        x_f, x0_f = self.predictions[index]
+        weight = self.weight_map.to(device=x0.device, dtype=x0.dtype)
+        return sampling.blend_prediction(x_t, x0, x_f.to(x0.device), x0_f.to(x0.device), weight)
+
+
+@dataclass
+class CurePlan:
+    """What the session will do, decided from the options and the prompt before any sampling."""
+
+    attributes: tuple[str, ...]  # regional attributes to cure in masks
+    phrases: dict[str, tuple[str, ...]]  # their phrases in the prompt (for attention maps)
+    cure: bool  # the regional cure can change the image (attributes and a positive weight)
+    apg: bool
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CureResult:
+    """Everything a caller may show: the cured latents and how they came about."""
+
+    latents: Tensor
+    foundation_images: Tensor | None
+    masks: list[AttributeMasks]
+    maps: dict[str, Tensor]
+    notes: list[str]
+    bank_bytes: int
+    bank_misses: int
+    calls: dict[str, int]
+
+
+def plan_cure(options: Options, analysis: PromptAnalysis) -> CurePlan:
+    """Which attributes to cure and whether APG runs (``options`` resolved for the model family)."""
+    notes: list[str] = []
+    names = analysis.names() if options.attributes == "auto" else tuple(options.attributes)
+    regional = tuple(n for n in names if VOCABULARY[n].regional)
+    abstract = tuple(n for n in names if not VOCABULARY[n].regional)
+    weight = options.strength if options.method == "fasa" else options.blend_weight
+    if not regional:
+        notes.append("no regional attribute in the prompt: nothing to cure in masks")
+    elif weight is None or weight <= 0:
+        notes.append(f"{options.method} weight is {weight}: the cure pass is the plain personalized pass")
+    apg = options.apg == "on" or (options.apg == "auto" and bool(abstract))
+    if options.apg == "auto" and not abstract:
+        notes.append("no expression in the prompt: APG skipped")
+    phrases = {name: analysis.phrases(name) or (name,) for name in regional}
+    return CurePlan(regional, phrases, bool(regional) and weight is not None and weight > 0, apg, notes)
+
+
+class CureSession:
+    """One FreeCure run over a host: call ``foundation``, ``build_masks``, ``curing`` and ``apg`` in order
+    (or ``run_freecure``). ``options`` are resolved for ``host.family`` here."""
+
+    def __init__(
+        self,
+        host: Host,
+        options: Options,
+        *,
+        prompts: Sequence[str],
+        negative_prompts: Sequence[str],
+        cfg_scale: float,
+        foundation_prompts: Sequence[str] | None = None,
+        models_dir: str | Path | None = None,
+    ) -> None:
+        self.host = host
+        self.options = options.resolved(host.family)
+        self.personalized = Branch(True, tuple(prompts), tuple(negative_prompts), cfg_scale)
+        self.foundation_branch = Branch(
+            False, tuple(foundation_prompts or prompts), tuple(negative_prompts), cfg_scale
+        )
+        self.models_dir = models_dir
+        self.analyses = [analyze_prompt(p) for p in self.personalized.prompts]
+        self.plan = plan_cure(self.options, self.analyses[0])
+        self.notes = list(self.plan.notes)
+        self.engine = AttentionEngine()
+        self.layers: frozenset[LayerKey] = frozenset()
+        self.bank: KVBank | None = None
+        self.recorder: CrossAttentionRecorder | None = None
+        self.foundation_hooks: FoundationHooks | None = None
+        self.foundation_latents: Tensor | None = None
+        self.foundation_images: Tensor | None = None
+        self.masks: list[AttributeMasks] = []
+        self.calls: dict[str, int] = {}
+
+    # --- stage 1: foundation ------------------------------------------------------------------------
+
+    def foundation(self) -> Tensor | None:
+        """The identity-off pass, recording what the cure needs. Returns the foundation latents, or
+        None when there is nothing to cure in masks (the pass is skipped)."""
+        if not self.plan.cure:
+            return None
+        self.host.check_interrupt()
+        if self.options.method == "fasa":
+            self.layers = preset_layers(self.options.layers, self.host.layer_keys(), self.host.family)
+            self.bank = KVBank(dtype=self.host.dtype, offload=self.options.offload_bank)
+        columns = self.host.token_columns(self.foundation_branch.prompts[0], self.plan.phrases)
+        found = {name: cols for name, cols in columns.items() if cols}
+        for name in self.plan.attributes:
+            if name not in found:
+                self.notes.append(f"{name}: its words were not found in the encoded prompt, no attention map")
+        self.recorder = CrossAttentionRecorder(found) if found else None
+        hooks = FoundationHooks(self.engine, keep_predictions=self.options.method == "blend")
+        with self.host.attach(self.engine), self.engine.recording(self.bank, self.layers, self.recorder):
+            latents = self.host.sample(self.foundation_branch, hooks)
+        self.foundation_hooks = hooks
+        self.calls["foundation"] = hooks.calls
+        self.foundation_latents = latents
+        self.foundation_images = self.host.decode(latents)
+        return latents
+
+    # --- stage 2: masks --------------------------------------------------------------------------------
+
+    def build_masks(self) -> list[AttributeMasks]:
+        """Per image: face parsing of the foundation image and/or the recorded attention maps."""
+        if self.foundation_images is None:
+            return []
+        self.host.check_interrupt()
+        maps = self.recorder.maps() if self.recorder is not None else {}
+        images = self.foundation_images
+        height, width = images.shape[-2:]
+        parts_of = {name: VOCABULARY[name].parts for name in self.plan.attributes}
+        self.masks = []
+        for index in range(images.shape[0]):
+            parse = self._parse(images[index])
+            image_maps = {name: m[index].numpy() for name, m in maps.items() if index < m.shape[0]}
+            masks = build_masks(
+                self.plan.attributes,
+                parts_of,
+                (int(height), int(width)),
+                parse=parse,
+                attention_maps=image_maps,
+                source=self.options.mask_source,
+                combine=self.options.mask_combine,
+                dilation=self.options.mask_dilation,
+            )
+            self.notes.extend(f"image {index}: {note}" for note in masks.notes)
+            self.masks.append(masks)
+        return self.masks
+
+    def _parse(self, image: Tensor) -> Any:
+        options = self.options
+        if options.mask_source == "attention" or options.face_parser == "none":
+            return None
+        if self.models_dir is None:
+            self.notes.append("no models folder for the face parser: attention masks only")
+            return None
+        rgb = (image.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        return parse_faces(
+            np.ascontiguousarray(rgb),
+            parser=options.face_parser,
+            models_dir=self.models_dir,
+            faces=options.faces,
+            allow_download=options.allow_download,
+        )
+
+    # --- stage 3: cure --------------------------------------------------------------------------------
+
+    @contextmanager
+    def curing(self, masks: Sequence[Tensor] | None = None) -> Iterator[PlainHooks]:
+        """Context for the personalized pass; yields the hooks the host's denoiser must call.
+
+        ``masks``: one 2-D mask per image (default: the union masks of ``build_masks``). With nothing
+        to cure (no attribute, weight <= 0, every mask empty) nothing is installed and the pass is the
+        plain personalized one, bit for bit.
+        """
+        masks = list(masks) if masks is not None else [torch.from_numpy(m.union) for m in self.masks]
+        if not self.plan.cure or self.foundation_hooks is None or not any(bool(m.any()) for m in masks):
+            if self.plan.cure:
+                self.notes.append("every mask is empty: the cure pass is the plain personalized pass")
+            hooks = PlainHooks()
+            yield hooks
+            self.calls["cure"] = hooks.calls
+            return
+        if len(masks) != len(self.personalized.prompts):
+            raise ValueError(f"masks: {len(masks)} mask(s) for {len(self.personalized.prompts)} image(s)")
+        if self.options.method == "fasa":
+            assert self.bank is not None
+            settings = FasaSettings(
+                layers=self.layers,
+                weight=self.options.strength,
+                progress_range=(self.options.step_start, self.options.step_end),
+                masks=masks,
+            )
+            hooks = EngineHooks(self.engine)
+            with self.host.attach(self.engine), self.engine.curing(settings, self.bank):
+                yield hooks
+        else:
+            latent_hw = tuple(self.foundation_hooks.predictions[0][0].shape[-2:])
+            coverage = torch.stack([to_latent(m, latent_hw) for m in masks])[:, None]
+            weight_map = self.options.blend_weight * coverage
+            hooks = BlendHooks(self.foundation_hooks.predictions, weight_map, self.options.blend_start)
+            yield hooks
+            if hooks.misses:
+                self.notes.append(f"noise blending: {hooks.misses} call(s) had no foundation prediction")
+        self.calls["cure"] = hooks.calls
+
+    # --- stage 4: APG ---------------------------------------------------------------------------------
+
+    def apg_prompts(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(source, target) prompt per image: the options' prompts, or subject and subject + expression."""
+        sources, targets = [], []
+        for prompt, analysis in zip(self.personalized.prompts, self.analyses, strict=True):
+            source = self.options.apg_source or subject_phrase(prompt)
+            expression = analysis.expression_phrase()
+            target = self.options.apg_target or (f"{source}, {expression}" if expression else source)
+            sources.append(source)
+            targets.append(target)
+        return tuple(sources), tuple(targets)
+
+    def apg(self, latents: Tensor) -> Tensor:
+        """Invert ``latents`` with the source prompt (guidance 1) over the last ``apg_strength`` of the
+        schedule, then regenerate with the target prompt; identity on. Returns ``latents`` itself when
+        APG is off or covers no step."""
+        if not self.plan.apg:
+            return latents
+        sigmas = self.host.schedule()
+        if sampling.apg_step_count(sigmas.numel() - 1, self.options.apg_strength) == 0:
+            self.notes.append("apg_strength covers no step: APG skipped")
+            return latents
+        self.host.check_interrupt()
+        sources, targets = self.apg_prompts()
+        negatives = self.personalized.negative_prompts
+        inversion = Branch(True, sources, negatives, 1.0)
+        hooks = PlainHooks()
+        inverted = self.host.run(
+            partial(_inversion_loop, sigmas=sampling.inversion_sigmas(sigmas, self.options.apg_strength)),
+            latents,
+            inversion,
+            hooks,
+        )
+        baseline = sources if self.options.apg_guidance == "asymmetric" else negatives
+        regeneration = Branch(True, targets, baseline, self.personalized.cfg_scale)
+        regenerate = partial(
+            sampling.sample_euler, sigmas=sampling.regeneration_sigmas(sigmas, self.options.apg_strength)
+        )
+        result = self.host.run(regenerate, inverted, regeneration, hooks)
+        self.calls["apg"] = hooks.calls
+        return result
+
+    # --- summary --------------------------------------------------------------------------------------
+
+    def result(self, latents: Tensor) -> CureResult:
+        maps = self.recorder.maps() if self.recorder is not None else {}
+        return CureResult(
+            latents=latents,
+            foundation_images=self.foundation_images,
+            masks=self.masks,
+            maps=maps,
+            notes=self.notes,
+            bank_bytes=self.bank.nbytes if self.bank is not None else 0,
+            bank_misses=self.bank.misses if self.bank is not None else 0,
+            calls=dict(self.calls),
+        )
+
+
+def _inversion_loop(
+    model: Any, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None, callback: Any = None
+) -> Tensor:
+    """k-diffusion-style wrapper of :func:`freecure.sampling.invert` for ``Host.run``."""
+    ones = x.new_ones(x.shape[0])
+    return sampling.invert(lambda z, sigma: model(z, sigma * ones, **(extra_args or {})), x, sigmas)
+
+
+def run_freecure(
+    host: Host,
+    options: Options,
+    *,
+    prompts: Sequence[str],
+    negative_prompts: Sequence[str],
+    cfg_scale: float,
+    foundation_prompts: Sequence[str] | None = None,
+    models_dir: str | Path | None = None,
+    masks: Sequence[Tensor] | None = None,
+) -> CureResult:
+    """foundation -> masks -> cure -> APG on a host that runs every pass itself.
+
+    ``masks`` (one 2-D mask per image) replaces the mask stage. Any failure raises :class:`CureError`
+    (the cause chained) with nothing left installed on the model.
+    """
+    session = CureSession(
+        host,
+        options,
+        prompts=prompts,
+        negative_prompts=negative_prompts,
+        cfg_scale=cfg_scale,
+        foundation_prompts=foundation_prompts,
+        models_dir=models_dir,
+    )
+    stage = "foundation pass"
+    try:
+        session.foundation()
+        stage = "masks"
+        if masks is None:
+            session.build_masks()
+        stage = "cure pass"
+        with session.curing(masks) as hooks:
+            latents = host.sample(session.personalized, hooks)
+        stage = "APG"
+        latents = session.apg(latents)
+    except CureError:
+        raise
+    except Exception as error:
+        raise CureError(f"FreeCure failed in the {stage}: {error}") from error
+    return session.result(latents)
