@@ -59,6 +59,15 @@ def ldm_name(key, is_self, prefix="model.diffusion_model."):
     return f"{prefix}{head}.1.transformer_blocks.{index}.attn{1 if is_self else 2}"
 
 
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a CPU shared with parallel jobs run far faster on one thread than on contended ones."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 @pytest.fixture(scope="module")
 def sd1():
     return tiny_sd1_unet(0)
