@@ -1,0 +1,304 @@
+"""The real script class driven the way the WebUI drives it, on the stand-in host (tests/webui_stub):
+UI, API args, the txt2img hook sequence, identity switching, infotext, X/Y/Z, progress, interruption,
+failures and residue."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from webui_host import WebUIHost, installed_host
+
+from freecure.options import UI_FIELDS, Options
+from freecure.webui.controls import options_from_script_args, ui_defaults
+
+EXTENSION_DIR = Path(__file__).resolve().parent.parent
+PROMPT = "a photo of ohwx woman with red hair <lora:ohwx:1>"
+CURE = {"enabled": True, "attributes": "hair", "mask_source": "attention", "trigger_words": "ohwx",
+        "class_word": "woman"}
+
+
+@pytest.fixture(params=["a1111"])
+def webui(request: pytest.FixtureRequest) -> Iterator[WebUIHost]:
+    with installed_host(request.param) as host:
+        host.load_scripts(EXTENSION_DIR)
+        yield host
+
+
+def freecure(host: WebUIHost) -> Any:
+    return host.script("FreeCure")
+
+
+def image_tensor(image: Any) -> torch.Tensor:
+    import numpy as np
+
+    return torch.from_numpy(np.asarray(image).copy())
+
+
+def run(host: WebUIHost, settings: dict | None, **fields: Any) -> Any:
+    p = host.txt2img(**{"prompt": PROMPT, "steps": 4, "seed": 7, **fields})
+    if settings is not None:
+        host.set_script_args(p, freecure(host), [settings])
+    return host.process(p)
+
+
+class CallProbe:
+    """Per denoiser call: which LoRA networks were applied and what identity-adapter hooks fired."""
+
+    def __init__(self, host: WebUIHost) -> None:
+        self.host = host
+        self.calls: list[dict[str, Any]] = []
+        self.adapter_calls = 0
+
+    def on_cfg_denoiser(self, params: Any) -> None:
+        self.calls.append({"lora": self.host.shared.sd_model.lora_patcher.active,
+                           "adapter_calls": self.adapter_calls})
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[CallProbe]:
+        callbacks = self.host.script_callbacks
+        callbacks.on_cfg_denoiser(self.on_cfg_denoiser)
+        try:
+            yield self
+        finally:
+            callbacks.remove_callbacks_for_function(self.on_cfg_denoiser)
+
+
+class FaceIdAdapter:
+    """What the ControlNet extension's IP-Adapter FaceID looks like from an attn2 module."""
+
+    is_faceid = True
+
+    def __init__(self, probe: CallProbe) -> None:
+        self.probe = probe
+
+    def hack(self) -> Any:
+        adapter = self
+
+        def patch_forward(module: Any, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+            adapter.probe.adapter_calls += 1
+            return torch.zeros_like(q).transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+
+        return patch_forward
+
+
+def plant_adapter(host: WebUIHost, adapter: FaceIdAdapter) -> list[Any]:
+    """Hang the adapter on every attn2 the way the ControlNet extension does (instance forward + hacks)."""
+    import torch.nn.functional as F
+
+    def attn_forward_hacked(self: Any, x: torch.Tensor, context: Any = None, **kwargs: Any) -> torch.Tensor:
+        b, _tokens, inner = x.shape
+        h = self.heads
+        context = x if context is None else context
+        q, k, v = (t.view(b, -1, h, inner // h).transpose(1, 2)
+                   for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, inner)
+        for f in self.ipadapter_hacks:
+            out = out + f(self, x, q)
+        return self.to_out(out)
+
+    modules = [m for name, m in host.shared.sd_model.model.diffusion_model.named_modules()
+               if name.endswith("attn2")]
+    for module in modules:
+        module.ipadapter_hacks = [adapter.hack()]
+        module.forward = attn_forward_hacked.__get__(module)
+    return modules
+
+
+def module_state(host: WebUIHost) -> dict[str, Any]:
+    """Everything FreeCure could leave behind on the UNet's attention modules and the callbacks."""
+    unet = host.shared.sd_model.model.diffusion_model
+    state = {name: (module.__dict__.get("forward"), tuple(sorted(k for k in module.__dict__ if k[0] != "_")))
+             for name, module in unet.named_modules() if name.endswith(("attn1", "attn2"))}
+    callbacks = host.script_callbacks.callback_map
+    state["callbacks"] = {name: [c.callback for c in entries] for name, entries in callbacks.items()}
+    return state
+
+
+# -- UI and args -----------------------------------------------------------------------------------------
+
+def test_ui_is_reentrant_and_matches_the_options_order(webui: WebUIHost) -> None:
+    import gradio as gr
+
+    script = freecure(webui)
+    with gr.Blocks():
+        first = script.ui(False)
+        second = script.ui(False)
+    assert len(first) == len(second) == len(UI_FIELDS) == script.args_to - script.args_from
+    describe = [(type(c).__name__, c.label, c.value) for c in first]
+    assert describe == [(type(c).__name__, c.label, c.value) for c in second]
+    assert [c.value for c in first] == ui_defaults()
+    assert script.show(True) is False  # txt2img only
+
+
+def test_ui_list_and_api_dict_give_the_same_options(webui: WebUIHost) -> None:
+    ui_args = ui_defaults()
+    ui_args[UI_FIELDS.index("enabled")] = True
+    ui_args[UI_FIELDS.index("method")] = "blend"
+    ui_args[UI_FIELDS.index("attributes")] = ["hair", "glasses"]
+    ui_args[UI_FIELDS.index("strength")] = 0.8
+    ui_args[UI_FIELDS.index("trigger_words")] = "ohwx, sks"
+    from_ui = options_from_script_args(tuple(ui_args))
+    from_dict = options_from_script_args(({"enabled": True, "method": "blend", "attributes": "hair+glasses",
+                                           "strength": 0.8, "trigger_words": ["ohwx", "sks"]},))
+    assert from_ui == from_dict
+    assert options_from_script_args(tuple(ui_defaults())) == Options()  # -1 strength = model default
+
+
+# -- the hook sequence and identity ------------------------------------------------------------------------
+
+def test_foundation_pass_has_identity_off_and_cure_pass_on(webui: WebUIHost) -> None:
+    probe = CallProbe(webui)
+    modules = plant_adapter(webui, FaceIdAdapter(probe))
+    recorded_prompts: list[list[str]] = []
+    parser = webui.prompt_parser
+    original = parser.get_multicond_learned_conditioning
+
+    def recording(model: Any, prompts: Any, steps: int, *args: Any, **kwargs: Any) -> Any:
+        recorded_prompts.append(list(prompts))
+        return original(model, prompts, steps, *args, **kwargs)
+
+    parser.get_multicond_learned_conditioning = recording
+    try:
+        with probe.installed():
+            result = run(webui, CURE)
+    finally:
+        parser.get_multicond_learned_conditioning = original
+    steps = 4
+    foundation, cure = probe.calls[:steps], probe.calls[steps:]
+    assert len(cure) == steps, "one foundation pass and the main (cure) pass, same number of calls"
+    assert all(call["lora"] == () for call in foundation), "LoRA off in the foundation pass"
+    assert all(call["lora"] == (("ohwx", 1.0),) for call in cure), "LoRA back on for the cure pass"
+    assert foundation[-1]["adapter_calls"] == 0, "the FaceID injection is silent in the foundation pass"
+    assert probe.adapter_calls > 0, "and runs in the cure pass"
+    assert any("ohwx" not in p[0] and "woman" in p[0] for p in recorded_prompts), recorded_prompts
+    infotext = result.infotexts[0]
+    assert 'FreeCure identity off: "lora:ohwx, adapter:16 layers, trigger:ohwx"' in infotext
+    assert all(m.__dict__["forward"].__name__ == "attn_forward_hacked" for m in modules)
+    assert all(len(m.ipadapter_hacks) == 1 for m in modules)
+
+
+def test_cure_changes_the_image_and_nothing_is_left_behind(webui: WebUIHost) -> None:
+    before_state = module_state(webui)
+    plain_before = image_tensor(run(webui, None).images[0])
+    cured = run(webui, {**CURE, "debug_images": True})
+    assert module_state(webui) == before_state
+    plain_after = image_tensor(run(webui, None).images[0])
+    assert torch.equal(plain_before, plain_after), "a plain generation after a cure is bit-identical"
+    assert len(cured.images) > 1 and cured.infotexts[1].startswith("FreeCure foundation")
+    assert not torch.equal(image_tensor(cured.images[0]), plain_before)
+    assert webui.errors == []
+
+
+def test_zero_strength_is_the_plain_generation(webui: WebUIHost) -> None:
+    plain = image_tensor(run(webui, None).images[0])
+    zero = run(webui, {**CURE, "strength": 0})
+    assert torch.equal(image_tensor(zero.images[0]), plain)
+    assert "FreeCure notes" in zero.infotexts[0] and "weight is 0" in zero.infotexts[0]
+
+
+# -- infotext and X/Y/Z -------------------------------------------------------------------------------------
+
+def test_infotext_restores_every_setting(webui: WebUIHost) -> None:
+    settings = {**CURE, "method": "blend", "blend_weight": 0.6, "faces": "0,2", "apg": "off",
+                "foundation_prompt": "portrait, [PROMPT], studio light"}
+    result = run(webui, settings)
+    params = webui.infotext_utils.parse_generation_parameters(result.infotexts[0])
+    script = freecure(webui)
+    pasted = [reader(params) for _component, reader in script.infotext_fields]
+    assert options_from_script_args(tuple(pasted)) == Options.from_dict(settings)
+    assert script.infotext_fields[0][1]({"Steps": "20"}) is False  # an image made without FreeCure turns it off
+
+
+def test_malformed_infotext_is_ignored_on_paste(webui: WebUIHost, capsys: pytest.CaptureFixture) -> None:
+    readers = [reader for _component, reader in freecure(webui).infotext_fields]
+    assert [reader({"FreeCure": "method: paint"}) for reader in readers][1:] == [None] * (len(readers) - 1)
+    assert "ignoring malformed infotext" in capsys.readouterr().out
+
+
+def test_xyz_axes_are_registered_and_write_overrides(webui: WebUIHost) -> None:
+    xyz = next(d.module for d in webui.scripts.scripts_data if d.script_class.__module__ == "xyz_grid.py")
+    labels = [option.label for option in xyz.axis_options if option.label.startswith("[FreeCure]")]
+    assert "[FreeCure] Strength" in labels and "[FreeCure] Method" in labels and "[FreeCure] Attributes" in labels
+    assert len(labels) == len(set(labels))
+    webui.load_scripts(EXTENSION_DIR)  # a second load registers nothing twice
+    assert [o.label for o in xyz.axis_options if o.label.startswith("[FreeCure]")] == labels
+    strength = next(o for o in xyz.axis_options if o.label == "[FreeCure] Strength")
+    with pytest.raises(ValueError, match="strength"):
+        strength.confirm(None, [0.5, 42.0])
+    p = webui.txt2img(prompt=PROMPT, steps=4, seed=7)
+    webui.set_script_args(p, freecure(webui), [CURE])
+    strength.apply(p, 1.25, None)
+    result = webui.process(p)
+    assert "strength: 1.25" in result.infotexts[0]
+
+
+# -- progress, interruption and failures ----------------------------------------------------------------------
+
+def test_job_count_counts_the_foundation_pass(webui: WebUIHost) -> None:
+    seen: list[int] = []
+    callbacks = webui.script_callbacks
+
+    def record(params: Any) -> None:
+        seen.append(webui.shared.state.job_count)
+
+    callbacks.on_cfg_denoiser(record)
+    try:
+        run(webui, CURE, n_iter=2)
+    finally:
+        callbacks.remove_callbacks_for_function(record)
+    assert max(seen) == 2 + 2  # two batches, one foundation pass each
+
+
+def test_interrupt_during_the_foundation_keeps_the_webui_result(webui: WebUIHost) -> None:
+    state = webui.shared.state
+    calls = 0
+
+    def interrupt(params: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            state.interrupted = True
+
+    before = module_state(webui)
+    webui.script_callbacks.on_cfg_denoiser(interrupt)
+    try:
+        result = run(webui, CURE)
+    finally:
+        webui.script_callbacks.remove_callbacks_for_function(interrupt)
+    assert "cure stopped: interrupted" in result.infotexts[0]
+    assert module_state(webui) == before
+    assert calls == 2, "the main pass stops at once too: the WebUI's own interrupted result"
+
+
+def test_failure_right_after_identity_off_keeps_the_identity(webui: WebUIHost,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = image_tensor(run(webui, None).images[0])
+    samplers = webui.sd_samplers
+    original = samplers.create_sampler
+    failed = []
+
+    def failing_once(name: str, model: Any) -> Any:
+        if webui.shared.sd_model.lora_patcher.active == () and not failed:  # identity is off right now
+            failed.append(name)
+            raise RuntimeError("planted failure")
+        return original(name, model)
+
+    monkeypatch.setattr(samplers, "create_sampler", failing_once)
+    before = module_state(webui)
+    result = run(webui, CURE)
+    assert torch.equal(image_tensor(result.images[0]), plain), "uncured, and with the LoRA identity"
+    assert failed, "the failure was planted while the identity was off"
+    assert "cure failed (RuntimeError: planted failure)" in result.infotexts[0]
+    assert module_state(webui) == before
+
+
+def test_invalid_settings_skip_the_cure_with_the_reason(webui: WebUIHost) -> None:
+    plain = image_tensor(run(webui, None).images[0])
+    result = run(webui, {"enabled": True, "strength": "strong"})
+    assert torch.equal(image_tensor(result.images[0]), plain)
+    assert "FreeCure error" in result.infotexts[0] and "strength" in result.infotexts[0]
