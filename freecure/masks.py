@@ -31,7 +31,7 @@ DEFAULT_MIN_AREA = 0.0005
 SHARPNESS = 10.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays have no single truth value to compare by
 class AttributeMasks:
     """Masks of one image: ``per_attribute`` bool (H, W) arrays, their ``union``, the source each came
     from (``parser``, ``attention``, ``parser|attention``, ``parser&attention`` or ``none``) and notes on
@@ -142,6 +142,8 @@ def build_masks(
     if source != "attention" and not parser_ready:
         why = "no parse was given" if parse is None else parse.reason
         notes.append(f"face parser unavailable ({why}); using attention masks")
+    if source != "attention" and parse is not None:
+        notes.extend(parse.notes)
 
     per_attribute: dict[str, np.ndarray] = {}
     sources: dict[str, str] = {}

@@ -31,7 +31,7 @@ import math
 import threading
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -87,7 +87,7 @@ Box = tuple[float, float, float, float]
 Region = tuple[int, int, int, int]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays have no single truth value to compare by
 class ParseResult:
     """Outcome of :func:`parse_faces`.
 
@@ -102,7 +102,7 @@ class ParseResult:
     faces: tuple[Box, ...] = ()
     regions: tuple[Region, ...] = ()
     reason: str | None = None
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:

@@ -202,6 +202,13 @@ def test_unavailable_parser_falls_back_to_attention_and_says_so(parse, why):
     ]
 
 
+def test_parser_notes_are_passed_on():
+    note = "faces: index 3 asked for but only 1 face(s) found"
+    parse = ParseResult(parser="bisenet", labels=_labels(), notes=(note,))
+    assert _build(parse=parse, source="parser", attributes=("hair",)).notes == [note]
+    assert _build(parse=parse, source="attention", attributes=("hair",)).notes == []
+
+
 def test_empty_masks_are_reported():
     labels = np.zeros((H, W), dtype=np.int32)  # no hair pixels at all
     masks = _build(parse=ParseResult(parser="bisenet", labels=labels), source="parser", attributes=("hair",))
