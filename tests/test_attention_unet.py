@@ -60,7 +60,7 @@ def self_layers(unet, family):
 
 def foundation_and_cure(unet, added, family, weight, masks, found_inputs, cure_inputs, recorder=None):
     """Two passes of len(inputs) denoiser calls; returns (foundation outputs, cure outputs, bank)."""
-    engine, bank = AttentionEngine(), KVBank()
+    engine, bank = AttentionEngine(), KVBank(dtype=torch.float32)  # exact foundation K/V
     layers = self_layers(unet, family)
     found, cured = [], []
     with intercept_diffusers(engine, unet, RowTracker(engine)):
@@ -128,7 +128,7 @@ def test_chunked_calls_match_one_batched_call(model):
     sample, context = inputs(10)
     results = {}
     for layout in ("one call", "chunked"):
-        engine, bank = AttentionEngine(), KVBank()
+        engine, bank = AttentionEngine(), KVBank(dtype=torch.float32)  # exact foundation K/V
         chunks = [slice(None)] if layout == "one call" else [slice(0, 2), slice(2, 4)]
         with intercept_diffusers(engine, unet, RowTracker(engine)):
             with engine.recording(bank, layers, None):
