@@ -302,3 +302,54 @@ def test_invalid_settings_skip_the_cure_with_the_reason(webui: WebUIHost) -> Non
     result = run(webui, {"enabled": True, "strength": "strong"})
     assert torch.equal(image_tensor(result.images[0]), plain)
     assert "FreeCure error" in result.infotexts[0] and "strength" in result.infotexts[0]
+
+
+# -- samplers, batches and hires fix --------------------------------------------------------------------------
+
+def attention_hooked(host: WebUIHost) -> bool:
+    unet = host.shared.sd_model.model.diffusion_model
+    return any("forward" in m.__dict__ for name, m in unet.named_modules() if name.endswith("attn1"))
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "Euler a", "Heun"])
+def test_samplers_and_batches_line_up_call_by_call(webui: WebUIHost, sampler: str) -> None:
+    fields = {"sampler_name": sampler, "batch_size": 2, "width": 96, "height": 64}
+    plain = run(webui, None, **fields)
+    cured = run(webui, CURE, **fields)
+    again = run(webui, CURE, **fields)
+    assert "bank misses" not in cured.infotexts[0]
+    assert "cure failed" not in cured.infotexts[0]
+    for index in range(2):
+        assert not torch.equal(image_tensor(cured.images[index]), image_tensor(plain.images[index]))
+        assert torch.equal(image_tensor(cured.images[index]), image_tensor(again.images[index])), "deterministic"
+
+
+@pytest.mark.parametrize(("hires", "cured_passes"), [("low-res", [True, False]), ("hi-res", [False, True]),
+                                                     ("both", [True, True])])
+def test_hires_option_chooses_the_cured_passes(webui: WebUIHost, hires: str, cured_passes: list[bool]) -> None:
+    seen: list[tuple[bool, bool]] = []
+
+    def record(params: Any) -> None:
+        seen.append((bool(getattr(params.denoiser.p, "is_hr_pass", False)), attention_hooked(webui)))
+
+    webui.script_callbacks.on_cfg_denoiser(record)
+    try:
+        result = run(webui, {**CURE, "hires": hires}, enable_hr=True, hr_scale=1.5, hr_upscaler="Latent",
+                     denoising_strength=0.6)
+    finally:
+        webui.script_callbacks.remove_callbacks_for_function(record)
+    assert "cure failed" not in result.infotexts[0]
+    for is_hires, cured in zip((False, True), cured_passes, strict=True):
+        hooked = [h for hr, h in seen if hr == is_hires]
+        assert hooked and all(hooked) == cured and any(hooked) == cured, (is_hires, hooked)
+    assert not attention_hooked(webui)
+
+
+def test_apg_runs_on_hires_decoded_samples(webui: WebUIHost) -> None:
+    fields = {"prompt": "a photo of a woman with red hair, smiling", "enable_hr": True, "hr_scale": 1.5,
+              "hr_upscaler": "Latent", "denoising_strength": 0.6}
+    without = run(webui, {**CURE, "apg": "off"}, **fields)
+    with_apg = run(webui, {**CURE, "apg": "on", "apg_strength": 0.5}, **fields)
+    assert "APG failed" not in with_apg.infotexts[0]
+    assert with_apg.images[0].size == without.images[0].size
+    assert not torch.equal(image_tensor(with_apg.images[0]), image_tensor(without.images[0]))

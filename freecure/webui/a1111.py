@@ -216,7 +216,14 @@ class A1111Host:
             try:
                 with self.routed(hooks, c):
                     sampler = sd_samplers.create_sampler("Euler", self.p.sd_model)
-                    sampler.func = fn
+
+                    # The WebUI passes `disable`, and `sigmas`/`n`/... when the signature names them: this
+                    # signature names none, so the loop keeps its own schedule.
+                    def loop(model: Any, x: torch.Tensor, extra_args: Any = None, callback: Any = None,
+                             disable: Any = None) -> torch.Tensor:
+                        return fn(model, x, extra_args=extra_args, callback=callback)
+
+                    sampler.func = loop
                     result = sampler.sample_img2img(self.p, x, torch.zeros_like(x), c, uc, steps=self._steps(),
                                                     image_conditioning=self.p.txt2img_image_conditioning(x))
             finally:

@@ -198,6 +198,9 @@ class Controller:
             return
         self._close_cure(state)
         session = state.session
+        if session is not None and session.bank is not None and session.bank.misses:
+            # Every miss is a call where the foundation and the main pass did not line up (a bug, not a setting).
+            state.note(p, f"{session.bank.misses} attention bank misses: those calls ran uncured")
         if session is None or not session.plan.apg:
             return
         from modules import shared
