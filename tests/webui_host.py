@@ -121,14 +121,15 @@ class WebUIHost:
             self.shared.state.end()
 
 
-def _load_shared_stand_in() -> None:
-    """Make ``stand_in`` (toy models, under tests/webui_stub) importable without the rest of that tree."""
-    directory = A1111_ROOT / "stand_in"
-    spec = importlib.util.spec_from_file_location("stand_in", directory / "__init__.py",
-                                                  submodule_search_locations=[str(directory)])
+def _load_from_a1111_tree(name: str, path: Path, package: bool = False) -> ModuleType:
+    """Import one module of tests/webui_stub (the toy models, gradio) for the Forge stand-in without putting
+    that tree, and so ``ldm``/``sgm``, on ``sys.path``."""
+    locations = [str(path.parent)] if package else None
+    spec = importlib.util.spec_from_file_location(name, path, submodule_search_locations=locations)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["stand_in"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
+    return module
 
 
 @contextmanager
@@ -150,13 +151,15 @@ def installed_host(kind: str, family: str = "sd1") -> Iterator[WebUIHost]:
     importlib.invalidate_caches()
     try:
         if kind == "forge":
-            _load_shared_stand_in()
+            _load_from_a1111_tree("stand_in", A1111_ROOT / "stand_in" / "__init__.py", package=True)
+            _load_from_a1111_tree("gradio", A1111_ROOT / "gradio.py").__version__ = "4.40.0"
         host = WebUIHost(kind, root)
         host.extra_networks.initialize()
         if kind == "a1111":
             from stand_in.extra_networks_lora import ExtraNetworkLora
-
-            host.extra_networks.register_extra_network(ExtraNetworkLora())
+        else:
+            from backend.stand_in_lora import ExtraNetworkLora
+        host.extra_networks.register_extra_network(ExtraNetworkLora())
         host.load_model(family)
         yield host
     finally:

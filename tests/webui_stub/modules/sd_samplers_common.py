@@ -101,7 +101,8 @@ class Sampler:
         self.eta_option_field = "eta_ancestral"
         self.eta_infotext_field = "Eta"
         self.eta_default = 1.0
-        self.conditioning_key = shared.sd_model.model.conditioning_key
+        # A1111 reads sd_model.model.conditioning_key; Forge 2's engine has no .model and uses crossattn.
+        self.conditioning_key = getattr(getattr(shared.sd_model, "model", None), "conditioning_key", "crossattn")
         self.p = None
         self.model_wrap_cfg = None
         self.sampler_extra_args = None

@@ -1,0 +1,1 @@
+"""Forge 2 stand-in."""

@@ -1,0 +1,38 @@
+"""``backend/text_processing/classic_engine.py``: ``ClassicTextProcessingEngine`` (``tokenize``,
+``tokenize_line``, ``chunk_length``, ``id_start``/``id_end``/``id_pad``), over the toy encoder."""
+
+from __future__ import annotations
+
+from stand_in.text import ChunkedTokenizer, ToyTextEncoder
+from torch import nn
+
+
+class ClassicTextProcessingEngine(ChunkedTokenizer):
+    def __init__(self, text_encoder: ToyTextEncoder, emphasis_name="Original", text_projection=False,
+                 minimal_clip_skip=1, clip_skip=1, return_pooled=False, final_layer_norm=True):
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.return_pooled = return_pooled
+
+    def __call__(self, texts):
+        z = self.text_encoder.encode_lines(self, list(texts))
+        if self.return_pooled:
+            z.pooled = z[:, 0]
+        return z
+
+
+class CLIPPatcher:
+    """``forge_objects.clip``: the text encoder with LoRA weight patches (``backend/patcher/clip.py``)."""
+
+    def __init__(self, patcher):
+        self.patcher = patcher
+
+    def clone(self):
+        return CLIPPatcher(self.patcher.clone())
+
+    def add_patches(self, patches, strength_patch=1.0):
+        return self.patcher.add_patches(patches, strength_patch)
+
+    @property
+    def cond_stage_model(self) -> nn.Module:
+        return self.patcher.model

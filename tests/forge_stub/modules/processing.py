@@ -1,0 +1,93 @@
+"""Forge 2 ``modules/processing.py``: A1111's, with Forge's changes: ``p.uc = None`` at CFG 1;
+``forge_objects`` reset to ``forge_objects_after_applying_lora`` before every sampling call;
+``process_before_every_sampling`` once in the first pass and twice in the hires pass (before and after that
+reset); ``p.extra_result_images`` shown after the images (``Processed.extra_images``); ``hr_cfg``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modules import load_a1111
+
+_a1111 = load_a1111("processing")
+get_fixed_seed = _a1111.get_fixed_seed
+create_random_tensors = _a1111.create_random_tensors
+DecodedSamples = _a1111.DecodedSamples
+decode_first_stage = _a1111.decode_first_stage
+decode_latent_batch = _a1111.decode_latent_batch
+txt2img_image_conditioning = _a1111.txt2img_image_conditioning
+create_infotext = _a1111.create_infotext
+StableDiffusionProcessing = _a1111.StableDiffusionProcessing
+
+
+class Processed(_a1111.Processed):
+    def __init__(self, p, images_list, *args, extra_images_list=None, **kwargs):
+        super().__init__(p, images_list, *args, **kwargs)
+        self.extra_images = p.extra_result_images if extra_images_list is None else extra_images_list
+
+
+_a1111.Processed = Processed  # the private copy's process_images_inner builds Forge's Processed
+
+
+def process_images(p):
+    p.extra_result_images = []
+    return _a1111.process_images(p)
+
+
+def reset_forge_objects(p):
+    p.sd_model.forge_objects = p.sd_model.forge_objects_after_applying_lora.shallow_copy()
+
+
+@dataclass(repr=False)
+class StableDiffusionProcessingTxt2Img(_a1111.StableDiffusionProcessingTxt2Img):
+    hr_cfg: float = 1.0
+    modified_noise = None
+
+    def setup_conds(self):
+        super().setup_conds()
+        if self.cfg_scale == 1:
+            self.uc = None
+            print("Skipping unconditional conditioning when CFG = 1. Negative Prompts are ignored.")
+
+    def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
+        self.sampler = _a1111.sd_samplers.create_sampler(self.sampler_name, self.sd_model)
+        x = self.rng.next()
+        reset_forge_objects(self)
+        if self.scripts is not None:
+            self.scripts.process_before_every_sampling(self, x=x, noise=x, c=conditioning,
+                                                       uc=unconditional_conditioning)
+        if self.modified_noise is not None:
+            x, self.modified_noise = self.modified_noise, None
+        samples = self.sampler.sample(self, x, conditioning, unconditional_conditioning,
+                                      image_conditioning=self.txt2img_image_conditioning(x))
+        if not self.enable_hr:
+            return samples
+        return self.sample_hr_pass(samples, None, seeds, subseeds, subseed_strength, prompts)
+
+    def sample_hr_pass(self, samples, decoded_samples, seeds, subseeds, subseed_strength, prompts):
+        """A1111's hires pass; the stand-in's scripts runner is wrapped so that the hires
+        ``process_before_every_sampling`` is followed by the reset and a second call, as Forge does."""
+        scripts = self.scripts
+        if scripts is not None:
+            self.scripts_value = _ForgeHiresScripts(scripts)
+        try:
+            return super().sample_hr_pass(samples, decoded_samples, seeds, subseeds, subseed_strength, prompts)
+        finally:
+            self.scripts_value = scripts
+
+
+class _ForgeHiresScripts:
+    """Forge's hires pass: before_hr, process_before_every_sampling, reset forge_objects, and
+    process_before_every_sampling again."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+    def process_before_every_sampling(self, p, **kwargs):
+        self.runner.process_before_every_sampling(p, **kwargs)
+        reset_forge_objects(p)
+        self.runner.process_before_every_sampling(p, **kwargs)
+
