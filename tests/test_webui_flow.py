@@ -17,16 +17,35 @@ from freecure.options import UI_FIELDS, Options
 from freecure.webui.controls import options_from_script_args, ui_defaults
 
 EXTENSION_DIR = Path(__file__).resolve().parent.parent
+FAKE_FACEID = Path(__file__).resolve().parent / "fake_extensions" / "faceid"
 PROMPT = "a photo of ohwx woman with red hair <lora:ohwx:1>"
 CURE = {"enabled": True, "attributes": "hair", "mask_source": "attention", "trigger_words": "ohwx",
         "class_word": "woman"}
 
 
-@pytest.fixture(params=["a1111"])
+@pytest.fixture(params=["a1111", "forge"])
 def webui(request: pytest.FixtureRequest) -> Iterator[WebUIHost]:
     with installed_host(request.param) as host:
-        host.load_scripts(EXTENSION_DIR)
+        # On Forge the identity adapter arrives from another extension's process_before_every_sampling.
+        host.load_scripts(*([FAKE_FACEID] if host.kind == "forge" else []), EXTENSION_DIR)
         yield host
+
+
+def lora_active(host: WebUIHost) -> bool:
+    """Whether the identity LoRA is in the weights the UNet runs with right now."""
+    model = host.shared.sd_model
+    if host.kind == "a1111":
+        return bool(model.lora_patcher.active)
+    return bool(model.forge_objects.unet.patches)
+
+
+def attention_hooked(host: WebUIHost) -> bool:
+    """Whether FreeCure's attention interception is on the UNet the sampler runs now."""
+    if host.kind == "a1111":
+        unet = host.shared.sd_model.model.diffusion_model
+        return any("forward" in m.__dict__ for name, m in unet.named_modules() if name.endswith("attn1"))
+    options = host.shared.sd_model.forge_objects.unet.model_options["transformer_options"]
+    return bool(options.get("patches_replace", {}).get("attn1"))
 
 
 def freecure(host: WebUIHost) -> Any:
@@ -55,8 +74,7 @@ class CallProbe:
         self.adapter_calls = 0
 
     def on_cfg_denoiser(self, params: Any) -> None:
-        self.calls.append({"lora": self.host.shared.sd_model.lora_patcher.active,
-                           "adapter_calls": self.adapter_calls})
+        self.calls.append({"lora": lora_active(self.host), "adapter_calls": self.adapter_calls})
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[CallProbe]:
@@ -87,8 +105,13 @@ class FaceIdAdapter:
 
 
 def plant_adapter(host: WebUIHost, adapter: FaceIdAdapter) -> list[Any]:
-    """Hang the adapter on every attn2 the way the ControlNet extension does (instance forward + hacks)."""
+    """Hang the adapter on every attn2 the way the ControlNet extension does on A1111 (instance forward +
+    hacks); on Forge, hand the probe to the fake FaceID extension, which patches each pass's UNet clone."""
     import torch.nn.functional as F
+
+    if host.kind == "forge":
+        host.shared.fake_faceid_probe = adapter.probe
+        return []
 
     def attn_forward_hacked(self: Any, x: torch.Tensor, context: Any = None, **kwargs: Any) -> torch.Tensor:
         b, _tokens, inner = x.shape
@@ -110,10 +133,20 @@ def plant_adapter(host: WebUIHost, adapter: FaceIdAdapter) -> list[Any]:
 
 
 def module_state(host: WebUIHost) -> dict[str, Any]:
-    """Everything FreeCure could leave behind on the UNet's attention modules and the callbacks."""
-    unet = host.shared.sd_model.model.diffusion_model
-    state = {name: (module.__dict__.get("forward"), tuple(sorted(k for k in module.__dict__ if k[0] != "_")))
-             for name, module in unet.named_modules() if name.endswith(("attn1", "attn2"))}
+    """Everything FreeCure could leave behind: attention modules, UNet patches, model objects, callbacks."""
+    model = host.shared.sd_model
+    if host.kind == "a1111":
+        unet = model.model.diffusion_model
+        state: dict[str, Any] = {}
+    else:
+        unet = model.forge_objects.unet.model.diffusion_model
+        state = {f"{name} patches": {target: sorted(map(str, entries)) for target, entries in
+                                     patcher.model_options["transformer_options"].get("patches_replace", {}).items()}
+                 for name, patcher in (("unet", model.forge_objects.unet),
+                                       ("after lora", model.forge_objects_after_applying_lora.unet))}
+        state["forge objects"] = (model.forge_objects_original, model.forge_objects_after_applying_lora)
+    state.update({name: (module.__dict__.get("forward"), tuple(sorted(k for k in module.__dict__ if k[0] != "_")))
+                  for name, module in unet.named_modules() if name.endswith(("attn1", "attn2"))})
     callbacks = host.script_callbacks.callback_map
     state["callbacks"] = {name: [c.callback for c in entries] for name, entries in callbacks.items()}
     return state
@@ -171,20 +204,32 @@ def test_foundation_pass_has_identity_off_and_cure_pass_on(webui: WebUIHost) -> 
     steps = 4
     foundation, cure = probe.calls[:steps], probe.calls[steps:]
     assert len(cure) == steps, "one foundation pass and the main (cure) pass, same number of calls"
-    assert all(call["lora"] == () for call in foundation), "LoRA off in the foundation pass"
-    assert all(call["lora"] == (("ohwx", 1.0),) for call in cure), "LoRA back on for the cure pass"
+    assert not any(call["lora"] for call in foundation), "LoRA off in the foundation pass"
+    assert all(call["lora"] for call in cure), "LoRA back on for the cure pass"
     assert foundation[-1]["adapter_calls"] == 0, "the FaceID injection is silent in the foundation pass"
     assert probe.adapter_calls > 0, "and runs in the cure pass"
     assert any("ohwx" not in p[0] and "woman" in p[0] for p in recorded_prompts), recorded_prompts
-    infotext = result.infotexts[0]
-    assert 'FreeCure identity off: "lora:ohwx, adapter:16 layers, trigger:ohwx"' in infotext
+    params = webui.infotext_utils.parse_generation_parameters(result.infotexts[0])
+    switched_off = params["FreeCure identity off"].split(", ")
+    assert "lora:ohwx" in switched_off and "trigger:ohwx" in switched_off
+    assert any(source.startswith("adapter:") for source in switched_off)
     assert all(m.__dict__["forward"].__name__ == "attn_forward_hacked" for m in modules)
     assert all(len(m.ipadapter_hacks) == 1 for m in modules)
 
 
+def test_identity_adapter_is_silenced_without_a_lora(webui: WebUIHost) -> None:
+    probe = CallProbe(webui)
+    plant_adapter(webui, FaceIdAdapter(probe))
+    with probe.installed():
+        run(webui, CURE, prompt="a photo of a woman with red hair")
+    steps = 4
+    assert probe.calls[steps - 1]["adapter_calls"] == 0, "silent in the foundation pass"
+    assert probe.adapter_calls > 0, "on in the cure pass"
+
+
 def test_cure_changes_the_image_and_nothing_is_left_behind(webui: WebUIHost) -> None:
-    before_state = module_state(webui)
     plain_before = image_tensor(run(webui, None).images[0])
+    before_state = module_state(webui)  # after the host's own first LoRA activation
     cured = run(webui, {**CURE, "debug_images": True})
     assert module_state(webui) == before_state
     plain_after = image_tensor(run(webui, None).images[0])
@@ -264,6 +309,7 @@ def test_interrupt_during_the_foundation_keeps_the_webui_result(webui: WebUIHost
         if calls == 2:
             state.interrupted = True
 
+    run(webui, None)
     before = module_state(webui)
     webui.script_callbacks.on_cfg_denoiser(interrupt)
     try:
@@ -283,7 +329,7 @@ def test_failure_right_after_identity_off_keeps_the_identity(webui: WebUIHost,
     failed = []
 
     def failing_once(name: str, model: Any) -> Any:
-        if webui.shared.sd_model.lora_patcher.active == () and not failed:  # identity is off right now
+        if not lora_active(webui) and not failed:  # identity is off right now
             failed.append(name)
             raise RuntimeError("planted failure")
         return original(name, model)
@@ -305,11 +351,6 @@ def test_invalid_settings_skip_the_cure_with_the_reason(webui: WebUIHost) -> Non
 
 
 # -- samplers, batches and hires fix --------------------------------------------------------------------------
-
-def attention_hooked(host: WebUIHost) -> bool:
-    unet = host.shared.sd_model.model.diffusion_model
-    return any("forward" in m.__dict__ for name, m in unet.named_modules() if name.endswith("attn1"))
-
 
 @pytest.mark.parametrize("sampler", ["Euler", "Euler a", "Heun"])
 def test_samplers_and_batches_line_up_call_by_call(webui: WebUIHost, sampler: str) -> None:
