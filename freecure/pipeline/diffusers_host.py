@@ -110,6 +110,7 @@ class DiffusersHost:
         self.family = family
         self.sampler = sampler
         self.dtype = next(unet.parameters()).dtype
+        self.device = next(unet.parameters()).device
         self.latent_hw = tuple(latent_hw)
         self.seed = seed
         self.batch_cond_uncond = batch_cond_uncond

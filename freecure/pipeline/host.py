@@ -79,6 +79,9 @@ class Host(Protocol):
     dtype: torch.dtype
     """The UNet's compute dtype (the key/value bank stores in it)."""
 
+    device: torch.device
+    """Where the UNet runs; the face parser runs there too."""
+
     def layer_keys(self) -> list[LayerKey]:
         """Keys of every transformer block of the UNet (ldm naming), for the layer presets."""
 

@@ -147,8 +147,6 @@ def plan_cure(options: Options, analysis: PromptAnalysis) -> CurePlan:
     elif weight is None or weight <= 0:
         notes.append(f"{options.method} weight is {weight}: the cure pass is the plain personalized pass")
     apg = options.apg == "on" or (options.apg == "auto" and bool(abstract))
-    if options.apg == "auto" and not abstract:
-        notes.append("no expression in the prompt: APG skipped")
     phrases = {name: analysis.phrases(name) or (name,) for name in regional}
     return CurePlan(regional, phrases, bool(regional) and weight is not None and weight > 0, apg, notes)
 
@@ -255,6 +253,7 @@ class CureSession:
             np.ascontiguousarray(rgb),
             parser=options.face_parser,
             models_dir=self.models_dir,
+            device=self.host.device,
             faces=options.faces,
             allow_download=options.allow_download,
         )

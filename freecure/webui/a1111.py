@@ -132,6 +132,10 @@ class A1111Host:
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
     def layer_keys(self) -> list[LayerKey]:
         return list(attention_modules(self.unet))
 

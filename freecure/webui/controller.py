@@ -19,6 +19,7 @@ import torch
 from freecure.attributes import analyze_prompt
 from freecure.identity import IDENTITY_TAG_KINDS, foundation_prompt
 from freecure.options import Options, OptionsError
+from freecure.parsing import free_models
 from freecure.pipeline import CureInterrupted, CureSession, plan_cure
 from freecure.webui import hosts, settings
 from freecure.webui.controls import options_from_script_args
@@ -222,6 +223,8 @@ class Controller:
         if state is None:
             return
         self._close_cure(state)
+        # The parser networks stay loaded for the job's batches only: the GPU memory is the user's.
+        free_models()
         if state.debug:
             hosts.add_result_images(p, processed, state.debug)
             state.debug = []
