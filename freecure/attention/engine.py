@@ -43,6 +43,7 @@ class AttentionEngine:
         self._fasa_can_change = False
         self._banked: set[tuple[LayerKey, int]] = set()
         self._mask_cache: dict[tuple[tuple[int, int], int, torch.device], Tensor] = {}
+        self.failure: Exception | None = None  # the first error in our own attention work this pass
 
     # ----- modes -------------------------------------------------------------------------------
 
@@ -52,6 +53,7 @@ class AttentionEngine:
             raise RuntimeError(f"the attention engine is already {self.mode}; modes do not nest")
         self.mode = mode
         self.call_index = -1
+        self.failure = None
         self._route_nothing()
         try:
             yield
@@ -118,7 +120,7 @@ class AttentionEngine:
         self.roles, self.latent_hw, self.progress = roles, tuple(latent_hw), float(progress)
         self._banked.clear()
         self._route_nothing()
-        if not any(role.cond for role in roles):
+        if self.failure is not None or not any(role.cond for role in roles):
             return
         if self.mode == "recording":
             if self._bank is not None:
@@ -131,6 +133,13 @@ class AttentionEngine:
             assert self._settings is not None
             if self._fasa_can_change and self._settings.active_at(progress):
                 self._self_layers = self._settings.layers
+
+    def fail(self, error: Exception) -> None:
+        """Record a failure of our own attention work and route nothing for the rest of the pass: the host's
+        sampling goes on with plain attention, and the pipeline reports the pass as failed."""
+        if self.failure is None:
+            self.failure = error
+        self._route_nothing()
 
     def _route_nothing(self) -> None:
         self._self_layers = self._cross_layers = _NO_LAYERS

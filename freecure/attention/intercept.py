@@ -69,31 +69,58 @@ def _route(
     call_plain: Callable[[Tensor, Tensor | None], Tensor],
 ) -> Tensor:
     """One wanted attention call. ``call_original()`` runs the previous forward with the caller's exact
-    arguments; ``call_plain(x_rows, context_rows)`` runs it on a subset of rows."""
+    arguments; ``call_plain(x_rows, context_rows)`` runs it on a subset of rows.
+
+    A failure in our own work never breaks the host's sampling: the engine records it and goes inert
+    (``engine.fail``), and this call takes the original path.
+    """
+    if engine.mode == "recording":
+        out = call_original()
+        try:
+            _record(engine, tracker, layer, is_self, attn, x, context)
+        except Exception as error:
+            engine.fail(error)
+        return out
+    try:
+        cured = _cure(engine, tracker, layer, attn, x, context, call_plain)
+    except Exception as error:
+        engine.fail(error)
+        cured = None
+    return call_original() if cured is None else cured
+
+
+def _record(engine: AttentionEngine, tracker: RowTracker, layer: LayerKey, is_self: bool, attn: nn.Module,
+            x: Tensor, context: Tensor | None) -> None:
     rows = tracker.take((layer, is_self), x.shape[0])
     cond = [row for row, role in enumerate(rows) if role.cond]
     if not cond:
-        return call_original()
+        return
+    cond_roles = [rows[row] for row in cond]
+    grid = token_grid(engine.latent_hw, x.shape[1])  # fails early when tokens were merged or tiled
+    with torch.no_grad():
+        x_cond = x[cond]
+        if is_self:
+            engine.observe_self(layer, attn.to_k(x_cond), attn.to_v(x_cond), cond_roles)
+        elif context is not None:
+            q, k = attn.to_q(x_cond), attn.to_k(context[cond])
+            engine.observe_cross(layer, q, k, attn.heads, attn.scale, cond_roles, grid)
+
+
+def _cure(engine: AttentionEngine, tracker: RowTracker, layer: LayerKey, attn: nn.Module, x: Tensor,
+          context: Tensor | None, call_plain: Callable[[Tensor, Tensor | None], Tensor]) -> Tensor | None:
+    """FASA output for the whole batch, or None when no row is cured (the caller takes the original path)."""
+    rows = tracker.take((layer, True), x.shape[0])
+    cond = [row for row, role in enumerate(rows) if role.cond]
+    if not cond:
+        return None
     cond_roles = [rows[row] for row in cond]
     grid = token_grid(engine.latent_hw, x.shape[1])
-
-    if engine.mode == "recording":
-        out = call_original()
-        with torch.no_grad():
-            x_cond = x[cond]
-            if is_self:
-                engine.observe_self(layer, attn.to_k(x_cond), attn.to_v(x_cond), cond_roles)
-            elif context is not None:
-                q, k = attn.to_q(x_cond), attn.to_k(context[cond])
-                engine.observe_cross(layer, q, k, attn.heads, attn.scale, cond_roles, grid)
-        return out
-
     source = (x if context is None else context)[cond]
     x_cond = x[cond]
     q, k, v = attn.to_q(x_cond), attn.to_k(source), attn.to_v(source)
     result = engine.fasa_rows(layer, q, k, v, attn.heads, attn.scale, cond_roles, grid)
     if result is None:
-        return call_original()
+        return None
     handled = [cond[i] for i in result[0]]
     fasa_out = result[1]
     for module in attn.to_out:  # Linear, Dropout

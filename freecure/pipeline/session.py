@@ -206,6 +206,7 @@ class CureSession:
         hooks = FoundationHooks(self.engine, keep_predictions=self.options.method == "blend")
         with self.host.attach(self.engine), self.engine.recording(self.bank, self.layers, self.recorder):
             latents = self.host.sample(self.foundation_branch, hooks)
+        self._raise_attention_failure("foundation pass")
         self.foundation_hooks = hooks
         self.calls["foundation"] = hooks.calls
         self.foundation_latents = latents
@@ -249,14 +250,18 @@ class CureSession:
             self.notes.append("no models folder for the face parser: attention masks only")
             return None
         rgb = (image.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-        return parse_faces(
-            np.ascontiguousarray(rgb),
-            parser=options.face_parser,
-            models_dir=self.models_dir,
-            device=self.host.device,
-            faces=options.faces,
-            allow_download=options.allow_download,
-        )
+        try:
+            return parse_faces(
+                np.ascontiguousarray(rgb),
+                parser=options.face_parser,
+                models_dir=self.models_dir,
+                device=self.host.device,
+                faces=options.faces,
+                allow_download=options.allow_download,
+            )
+        except Exception as error:  # the parser is an aid: attention maps still localize the attributes
+            self.notes.append(f"face parser failed ({type(error).__name__}: {error}): attention masks only")
+            return None
 
     # --- stage 3: cure --------------------------------------------------------------------------------
 
@@ -289,6 +294,7 @@ class CureSession:
             hooks = EngineHooks(self.engine)
             with self.host.attach(self.engine), self.engine.curing(settings, self.bank):
                 yield hooks
+            self._raise_attention_failure("cure pass")
         else:
             latent_hw = tuple(self.foundation_hooks.predictions[0][0].shape[-2:])
             coverage = torch.stack([to_latent(m, latent_hw) for m in masks])[:, None]
@@ -298,6 +304,12 @@ class CureSession:
             if hooks.misses:
                 self.notes.append(f"noise blending: {hooks.misses} call(s) had no foundation prediction")
         self.calls["cure"] = hooks.calls
+
+    def _raise_attention_failure(self, stage: str) -> None:
+        """The interceptors keep the host sampling when our attention work fails; the pass is still lost."""
+        failure = self.engine.failure
+        if failure is not None:
+            raise CureError(f"attention failed in the {stage} ({type(failure).__name__}: {failure})") from failure
 
     # --- stage 4: APG ---------------------------------------------------------------------------------
 

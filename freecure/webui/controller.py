@@ -20,7 +20,7 @@ from freecure.attributes import analyze_prompt
 from freecure.identity import IDENTITY_TAG_KINDS, foundation_prompt
 from freecure.options import Options, OptionsError
 from freecure.parsing import free_models
-from freecure.pipeline import CureInterrupted, CureSession, plan_cure
+from freecure.pipeline import CureError, CureInterrupted, CureSession, plan_cure
 from freecure.webui import hosts, settings
 from freecure.webui.controls import options_from_script_args
 from freecure.webui.debug import debug_images
@@ -124,7 +124,9 @@ class Controller:
         if state is None:
             return
         # The first pass's cure must not leak into the hires pass.
-        self._close_cure(state)
+        failure = self._close_cure(state)
+        if failure is not None:
+            state.note(p, f"{failure}: the first pass is partly cured")
         is_hires = bool(getattr(p, "is_hr_pass", False))
         if not selected_pass(state.options.hires, is_hires):
             return
@@ -197,8 +199,18 @@ class Controller:
         state = job_state(p)
         if state is None:
             return
-        self._close_cure(state)
+        failure = self._close_cure(state)
         session = state.session
+        if failure is not None:
+            # Half-cured is not an answer: the plain personalized image, exactly as without FreeCure.
+            try:
+                ps.samples = hosts.rerun_uncured(session, state.host, ps.samples)
+                state.note(p, f"{failure}; the image was generated again, uncured")
+            except Exception as error:
+                traceback.print_exc()
+                state.note(p, f"{failure}; generating it again uncured failed too ({error}): the image is partly"
+                              " cured")
+            return
         if session is not None and session.bank is not None and session.bank.misses:
             # Every miss is a call where the foundation and the main pass did not line up (a bug, not a setting).
             state.note(p, f"{session.bank.misses} attention bank misses: those calls ran uncured")
@@ -222,7 +234,9 @@ class Controller:
         state = job_state(p)
         if state is None:
             return
-        self._close_cure(state)
+        failure = self._close_cure(state)  # only still open when post_sample never ran
+        if failure is not None:
+            state.note(p, f"{failure}: the image is partly cured")
         # The parser networks stay loaded for the job's batches only: the GPU memory is the user's.
         free_models()
         if state.debug:
@@ -230,9 +244,16 @@ class Controller:
             state.debug = []
 
     @staticmethod
-    def _close_cure(state: JobState) -> None:
+    def _close_cure(state: JobState) -> CureError | None:
+        """Remove the cure from the main sampling; returns the failure of its attention work, if any (the
+        host's sampling went on uncured from that call on)."""
         stack, state.cure = state.cure, None
-        if stack is not None:
-            if stack in _OPEN_CURES:
-                _OPEN_CURES.remove(stack)
+        if stack is None:
+            return None
+        if stack in _OPEN_CURES:
+            _OPEN_CURES.remove(stack)
+        try:
             stack.close()
+        except CureError as failure:
+            return failure
+        return None

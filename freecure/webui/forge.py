@@ -59,6 +59,14 @@ def make_patch(engine: AttentionEngine, layer: LayerKey, is_self: bool, previous
         out = original(q, k, v, options)
         if not engine.wants(layer, is_self):
             return out
+        try:
+            return routed(q, k, v, options, out)
+        except Exception as error:  # our failure must not break the host's sampling
+            engine.fail(error)
+            return out
+
+    def routed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, options: dict,
+               out: torch.Tensor) -> torch.Tensor:
         rows = rows_of(options, q.shape[0])
         heads, scale = options["n_heads"], options["dim_head"] ** -0.5
         grid = token_grid(engine.latent_hw, q.shape[1])

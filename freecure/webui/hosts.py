@@ -97,6 +97,19 @@ def apg_on_samples(session: CureSession, host: Any, samples: Any) -> Any:
     return processing.DecodedSamples(list(decoded))
 
 
+def rerun_uncured(session: CureSession, host: Any, samples: Any) -> Any:
+    """The pass again from its initial noise with nothing installed: the plain personalized result, in the
+    form ``post_sample`` holds (latents, or decoded images after hires fix)."""
+    from freecure.pipeline.session import PlainHooks
+
+    latents = host.sample(session.personalized, PlainHooks())
+    if not getattr(samples, "already_decoded", False):
+        return latents
+    from modules import processing
+
+    return processing.DecodedSamples(list(host.decode(latents) * 2.0 - 1.0))
+
+
 def add_result_images(p: Any, processed: Any, items: Sequence[tuple[Any, str]]) -> None:
     """Debug images after the results, each with its caption as infotext (the gallery reads it)."""
     processed.images.extend(image for image, _ in items)
