@@ -225,14 +225,31 @@ def test_planted_instance_forward_on_attn2_is_chained_and_restored(model):
     assert all("forward" not in m.__dict__ for pair in modules.values() for m in pair if m is not attn2)
 
 
+def test_our_failure_is_recorded_and_the_call_takes_the_original_path(model):
+    modules = layer_modules(model)
+    expected = model(*inputs(9))
+    engine = AttentionEngine()
+    with intercept_modules(engine, modules, RowTracker(engine)), engine.recording(KVBank(), set(modules), None):
+        engine.begin_call(ROLES[:1], LATENT, 0.0)  # 1 row announced, 4 arrive
+        out = model(*inputs(9))
+        assert isinstance(engine.failure, RuntimeError) and "rows arrived" in str(engine.failure)
+        assert not engine.wants(("middle", 0, 0), True), "inert for the rest of the pass"
+    assert torch.equal(out, expected), "the host's sampling went on, bit for bit"
+
+
 def test_every_module_is_restored_after_an_exception_in_a_hooked_forward(model):
     modules = layer_modules(model)
-    planted = modules[("middle", 0, 0)][1].forward = lambda x, context=None, **kwargs: x
+
+    def broken(x, context=None, **kwargs):
+        raise RuntimeError("the host's own forward failed")
+
+    planted = modules[("middle", 0, 0)][1].forward = broken
     before = {id(m): m.__dict__.get("forward") for pair in modules.values() for m in pair}
     engine = AttentionEngine()
     hooks = intercept_modules(engine, modules, RowTracker(engine))
-    with pytest.raises(RuntimeError, match="rows arrived"), hooks, engine.recording(KVBank(), set(modules), None):
-        engine.begin_call(ROLES[:1], LATENT, 0.0)  # 1 row announced, 4 arrive
+    with pytest.raises(RuntimeError, match="own forward failed"), hooks, \
+            engine.recording(KVBank(), set(modules), None):
+        engine.begin_call(ROLES, LATENT, 0.0)
         model(*inputs(9))
     assert {id(m): m.__dict__.get("forward") for pair in modules.values() for m in pair} == before
     assert modules[("middle", 0, 0)][1].__dict__["forward"] is planted

@@ -150,9 +150,14 @@ def test_processors_are_restored_exactly_also_after_an_exception(model):
     sample, context = inputs(11)
     recorder = CrossAttentionRecorder({"a": [0]})
     hooks = intercept_diffusers(engine, unet, RowTracker(engine))
-    with pytest.raises(RuntimeError, match="rows arrived"), hooks, engine.recording(None, (), recorder):
+    with hooks, engine.recording(None, (), recorder):
         engine.begin_call(ROLES[:2], LATENT, 0.0)  # announces 2 rows; the UNet call has 4
-        call(unet, added, sample, context)
+        call(unet, added, sample, context)  # our failure is recorded, the UNet call goes on
+        assert isinstance(engine.failure, RuntimeError) and "rows arrived" in str(engine.failure)
+    hooks = intercept_diffusers(engine, unet, RowTracker(engine))
+    with pytest.raises(RuntimeError), hooks, engine.recording(None, (), recorder):
+        engine.begin_call(ROLES, LATENT, 0.0)
+        call(unet, added, sample[:, :1], context)  # the UNet itself rejects a 1-channel latent
     after = unet.attn_processors
     assert after.keys() == before.keys()
     assert all(after[name] is before[name] for name in before)
