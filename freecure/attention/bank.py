@@ -45,13 +45,29 @@ class KVBank:
         self._entries[(layer, call_index, image)] = (self._store(k), self._store(v))
 
     def get(
-        self, layer: LayerKey, call_index: int, image: int, device: torch.device | str, dtype: torch.dtype
+        self,
+        layer: LayerKey,
+        call_index: int,
+        image: int,
+        device: torch.device | str,
+        dtype: torch.dtype,
+        tokens: Tensor | None = None,
+        grid_tokens: int = 0,
     ) -> tuple[Tensor, Tensor] | None:
-        """K/V on ``device`` in ``dtype``, or None (counted in ``misses``) when nothing was stored."""
+        """K/V on ``device`` in ``dtype`` (only the rows ``tokens`` when given, gathered before the copy so an
+        offloaded bank moves just those), or None (counted in ``misses``) when nothing was stored.
+        ``grid_tokens``: how many tokens the caller's grid has; a shorter entry is an error (checked here,
+        without a device sync, instead of an out-of-range gather)."""
         entry = self._entries.get((layer, call_index, image))
         if entry is None:
             self.misses += 1
             return None
+        if entry[0].shape[0] < grid_tokens:
+            raise ValueError(
+                f"bank entry for {layer} has shape {tuple(entry[0].shape)}, expected at least {grid_tokens} tokens"
+            )
+        if tokens is not None:
+            entry = tuple(t[tokens.to(t.device)] for t in entry)  # type: ignore[assignment]
         non_blocking = self.offload and entry[0].is_pinned()
         return tuple(t.to(device=device, dtype=dtype, non_blocking=non_blocking) for t in entry)  # type: ignore[return-value]
 

@@ -213,18 +213,14 @@ class AttentionEngine:
             tokens = self._tokens_in_mask(role.image, grid, q.device)
             if tokens.numel() == 0:
                 continue
-            found = self._bank.get(layer, self.call_index, role.image, q.device, q.dtype)
+            found = self._bank.get(layer, self.call_index, role.image, q.device, q.dtype, tokens, n_grid)
             if found is None:
                 continue
             k_found, v_found = found
-            if k_found.shape[0] < n_grid or k_found.shape[1] != k.shape[-1]:
-                raise ValueError(
-                    f"bank entry for {layer} has shape {tuple(k_found.shape)}, "
-                    f"expected at least ({n_grid}, {k.shape[-1]})"
-                )
-            weight = self._settings.weight
+            if k_found.shape[1] != k.shape[-1]:
+                raise ValueError(f"bank entry for {layer} has {k_found.shape[1]} channels, expected {k.shape[-1]}")
             outputs.append(
-                fasa_attention(q[row], k[row], v[row], k_found[tokens], v_found[tokens], heads, scale, weight)
+                fasa_attention(q[row], k[row], v[row], k_found, v_found, heads, scale, self._settings.weight)
             )
             handled.append(row)
         if not handled:

@@ -11,6 +11,7 @@ out-of-mask ones a logit of -inf.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,6 +69,15 @@ def mask_tokens(mask: Tensor, grid: tuple[int, int]) -> Tensor:
     return torch.nonzero(coverage.flatten() >= 0.5).flatten()
 
 
+@functools.lru_cache(maxsize=64)
+def _logit_bias(own: int, found: int, weight: float, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(1, 1, 1, own + found): 0 on the row's own keys, ``weight`` on the foundation's. Cached: it is the same
+    for every call of a layer with a given mask, and building it costs two kernel launches."""
+    bias = torch.zeros(1, 1, 1, own + found, device=device, dtype=dtype)
+    bias[..., own:] = weight
+    return bias
+
+
 def fasa_attention(
     q: Tensor, k: Tensor, v: Tensor, k_found: Tensor, v_found: Tensor, heads: int, scale: float, weight: float
 ) -> Tensor:
@@ -78,8 +88,7 @@ def fasa_attention(
     head_dim = channels // heads
     keys = torch.cat([k, k_found]).view(1, -1, heads, head_dim).transpose(1, 2)
     values = torch.cat([v, v_found]).view(1, -1, heads, head_dim).transpose(1, 2)
-    bias = q.new_zeros(1, 1, 1, keys.shape[2])
-    bias[..., k.shape[0] :] = weight
+    bias = _logit_bias(k.shape[0], k_found.shape[0], weight, q.device, q.dtype)
     queries = q.view(1, n_queries, heads, head_dim).transpose(1, 2)
     out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=bias, scale=scale)
     return out.transpose(1, 2).reshape(n_queries, channels)
