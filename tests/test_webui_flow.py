@@ -269,3 +269,10 @@ def test_apg_runs_on_hires_decoded_samples(webui: WebUIHost) -> None:
     assert "APG failed" not in with_apg.infotexts[0]
     assert with_apg.images[0].size == without.images[0].size
     assert not torch.equal(image_tensor(with_apg.images[0]), image_tensor(without.images[0]))
+
+
+def test_blend_cures_through_the_cfg_callbacks(webui: WebUIHost) -> None:
+    plain = image_tensor(run(webui, None).images[0])
+    blended = run(webui, {**CURE, "method": "blend", "blend_start": 0.0})
+    assert "cure failed" not in blended.infotexts[0] and "bank misses" not in blended.infotexts[0]
+    assert not torch.equal(image_tensor(blended.images[0]), plain)
