@@ -282,7 +282,7 @@ class Row:
             f"{100 * self.mask_share:.1f}",
             "n/a" if self.parser_share is None else f"{100 * self.parser_share:.1f}",
             ratio(self.peak_ratio),
-            "n/a" if self.peak_extra_bytes is None else f"{self.peak_extra_bytes / 2**20:.0f}",
+            "n/a" if self.peak_extra_bytes is None else str(round(self.peak_extra_bytes / 2**20)),
             f"{self.bank_bytes / 2**20:.1f}",
         ]
 
