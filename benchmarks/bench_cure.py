@@ -42,7 +42,7 @@ from benchmarks.configs import PRESETS, UNET_CONFIGS, Case
 from freecure.options import Options
 from freecure.parsing import parse_faces
 from freecure.pipeline import Branch, CureSession
-from freecure.pipeline.diffusers_host import DiffusersHost, ToyTextEncoder
+from freecure.pipeline.diffusers_host import DiffusersHost
 from freecure.pipeline.session import PlainHooks
 
 PROMPT = "a photo of sks person with red curly hair and round glasses, smiling"
@@ -67,37 +67,9 @@ COLUMNS = (
 # --- host on any device ---------------------------------------------------------------------------------
 
 
-class DeviceHost(DiffusersHost):
-    """``DiffusersHost`` with its noise, toy text encoder and sigma table beside the UNet.
-
-    The reference host keeps those on the CPU, which is all its tests need; on CUDA the UNet call would
-    mix devices. Decoding stays on the CPU, where the mask stage reads the foundation image anyway.
-    """
-
-    def __init__(self, unet: torch.nn.Module, *, family: str, steps: int, latent_side: int) -> None:
-        device = next(unet.parameters()).device
-        config = unet.config
-        pooled_dim = 0
-        if family == "sdxl":
-            pooled_dim = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
-        encoder = ToyTextEncoder(config.cross_attention_dim, pooled_dim, seed=SEED)
-        encoder.embeddings = encoder.embeddings.to(device)
-        encoder.positions = encoder.positions.to(device)
-        if encoder.pooled_projection is not None:
-            encoder.pooled_projection = encoder.pooled_projection.to(device)
-        super().__init__(
-            unet, family=family, steps=steps, latent_hw=(latent_side, latent_side), seed=SEED, text_encoder=encoder
-        )
-        self.noise = self.noise.to(device)
-        self.sigma_table = self.sigma_table.to(device)
-
-    def _added_cond(self, branch: Branch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        halves = super()._added_cond(branch)
-        cond, uncond = ({key: value.to(self.device) for key, value in half.items()} for half in halves)
-        return cond, uncond
-
-    def decode(self, latents: Tensor) -> Tensor:
-        return super().decode(latents.float().cpu())
+def make_host(unet: torch.nn.Module, *, family: str, steps: int, latent_side: int) -> DiffusersHost:
+    """The reference host on the UNet's device, square latent, the benchmark's seed."""
+    return DiffusersHost(unet, family=family, steps=steps, latent_hw=(latent_side, latent_side), seed=SEED)
 
 
 def build_unet(config: str, device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, str]:
@@ -197,7 +169,7 @@ def half_mask(size: int) -> Tensor:
     return mask
 
 
-def run_plain(host: DeviceHost, meter: PeakMemory) -> Run:
+def run_plain(host: DiffusersHost, meter: PeakMemory) -> Run:
     meter.start()
     cpu_start, start = time.process_time(), _clock(host.device)
     host.sample(Branch(True, (PROMPT,), (NEGATIVE_PROMPT,), CFG_SCALE), PlainHooks())
@@ -205,7 +177,7 @@ def run_plain(host: DeviceHost, meter: PeakMemory) -> Run:
     return Run("plain", seconds, time.process_time() - cpu_start, meter.peak())
 
 
-def run_cured(host: DeviceHost, method: str, size: int, meter: PeakMemory) -> Run:
+def run_cured(host: DiffusersHost, method: str, size: int, meter: PeakMemory) -> Run:
     """One FreeCure generation through the session's stages, each timed (``run_freecure`` in steps)."""
     session = CureSession(
         host,
@@ -347,11 +319,11 @@ def measure_case(
     """Warm up every method once (2 steps), then ``repeats`` interleaved rounds; then, with
     ``models_dir``, the face parser on an image of the case's size."""
     latent_side = case.size // 8
-    warmup = DeviceHost(unet, family=family, steps=2, latent_side=latent_side)
+    warmup = make_host(unet, family=family, steps=2, latent_side=latent_side)
     run_plain(warmup, meter)
     for method in case.methods:
         run_cured(warmup, method, case.size, meter)
-    host = DeviceHost(unet, family=family, steps=case.steps, latent_side=latent_side)
+    host = make_host(unet, family=family, steps=case.steps, latent_side=latent_side)
     rounds = []
     for index in range(repeats):
         runs = {"plain": run_plain(host, meter)}
@@ -433,7 +405,7 @@ def run_benchmark(
 def profile_cured_run(case: Case, method: str, device: torch.device, dtype: torch.dtype, top: int = 30) -> str:
     """cProfile of one cured run of ``case`` (after a warm-up run): the functions with most own time."""
     unet, family = build_unet(case.config, device, dtype)
-    host = DeviceHost(unet, family=family, steps=case.steps, latent_side=case.size // 8)
+    host = make_host(unet, family=family, steps=case.steps, latent_side=case.size // 8)
     meter = PeakMemory(device)
     run_cured(host, method, case.size, meter)
     profiler = cProfile.Profile()

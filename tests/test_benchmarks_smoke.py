@@ -10,12 +10,9 @@ import pytest
 import torch
 
 from benchmarks import bench_cure
-from benchmarks.bench_cure import COLUMNS, DeviceHost, PeakMemory, Row, build_unet, format_table, run_benchmark
+from benchmarks.bench_cure import COLUMNS, PeakMemory, Row, build_unet, format_table, run_benchmark
 from benchmarks.configs import PRESETS
 from freecure.attention import diffusers_layer_keys, preset_layers
-from freecure.pipeline import Branch
-from freecure.pipeline.diffusers_host import DiffusersHost
-from freecure.pipeline.session import PlainHooks
 
 CPU = torch.device("cpu")
 
@@ -70,15 +67,6 @@ def test_bank_column_is_the_default_layers_kv_of_every_call(smoke_rows):
     assert by_method["blend"] == 0
 
 
-@pytest.mark.parametrize("config", ["sd15-small", "sdxl-small"])
-def test_device_host_generates_exactly_what_the_reference_host_does(config):
-    unet, family = build_unet(config, CPU, torch.float32)
-    branch = Branch(True, (bench_cure.PROMPT,), (bench_cure.NEGATIVE_PROMPT,), bench_cure.CFG_SCALE)
-    ours = DeviceHost(unet, family=family, steps=2, latent_side=8).sample(branch, PlainHooks())
-    reference = DiffusersHost(unet, family=family, steps=2, latent_hw=(8, 8), seed=bench_cure.SEED)
-    assert torch.equal(ours, reference.sample(branch, PlainHooks()))
-
-
 def test_cpu_peak_memory_sees_a_freed_allocation():
     meter = PeakMemory(CPU)
     if not meter.available:
@@ -100,7 +88,7 @@ def test_a_cure_that_did_nothing_is_refused(monkeypatch):
     as a cure."""
     (case,) = PRESETS["smoke"]
     unet, family = build_unet(case.config, CPU, torch.float32)
-    host = DeviceHost(unet, family=family, steps=2, latent_side=case.size // 8)
+    host = bench_cure.make_host(unet, family=family, steps=2, latent_side=case.size // 8)
     monkeypatch.setattr(bench_cure, "half_mask", lambda size: torch.zeros(size, size, dtype=torch.bool))
     with pytest.raises(RuntimeError, match="did not run fully"):
         bench_cure.run_cured(host, "fasa", case.size, PeakMemory(CPU))

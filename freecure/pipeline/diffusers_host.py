@@ -80,7 +80,8 @@ class ToyTextEncoder:
 
 
 class DiffusersHost:
-    """Reference :class:`~freecure.pipeline.host.Host` over a diffusers UNet (eps prediction).
+    """Reference :class:`~freecure.pipeline.host.Host` over a diffusers UNet (eps prediction), on the
+    UNet's device. Random draws happen on the CPU, so a seed gives the same noise on every device.
 
     ``set_identity(on)`` switches the simulated identity on or off (None: nothing to switch, so the
     foundation branch equals the personalized one). The initial noise and the ancestral noise stream
@@ -120,14 +121,15 @@ class DiffusersHost:
         if family == "sdxl":
             pooled_dim = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
         self.text_encoder = text_encoder or ToyTextEncoder(config.cross_attention_dim, pooled_dim, seed=seed)
-        self.sigma_table = sd_sigma_table()
+        self.sigma_table = sd_sigma_table().to(self.device)
         self._sigmas = (
             sampling.karras_sigmas(steps, float(self.sigma_table[0]), float(self.sigma_table[-1]))
             if karras
             else sampling.sigmas_from_table(self.sigma_table, steps)
         )
         shape = (batch_size, config.in_channels, *self.latent_hw)
-        self.noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=self.dtype)
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=self.dtype)
+        self.noise = noise.to(self.device)
         self.interrupted = False
         self.unet_calls = 0
 
@@ -141,7 +143,9 @@ class DiffusersHost:
         loop: SamplerFn = partial(sampling.SAMPLERS[self.sampler], sigmas=sigmas)
         if self.sampler == "euler_a":
             gen = torch.Generator().manual_seed(self.seed + 1)  # a fresh stream per pass, like the WebUI's
-            noise = lambda _s, _s_next: torch.randn(self.noise.shape, generator=gen, dtype=self.dtype)  # noqa: E731
+            def noise(_sigma: Tensor, _sigma_next: Tensor) -> Tensor:
+                return torch.randn(self.noise.shape, generator=gen, dtype=self.dtype).to(self.device)
+
             loop = partial(loop, noise_sampler=noise)
         return self.run(loop, self.noise * sigmas[0], branch, hooks)
 
@@ -164,9 +168,9 @@ class DiffusersHost:
         return self._sigmas.clone()
 
     def decode(self, latents: Tensor) -> Tensor:
-        """A fixed random 1x1 "VAE": 4 channels -> RGB, sigmoid, 8x nearest upsampling."""
+        """A fixed random 1x1 "VAE": 4 channels -> RGB, sigmoid, 8x nearest upsampling; on the CPU."""
         weight = torch.randn(3, latents.shape[1], generator=torch.Generator().manual_seed(12345))
-        rgb = torch.sigmoid(torch.einsum("oc,bchw->bohw", weight, latents.float()))
+        rgb = torch.sigmoid(torch.einsum("oc,bchw->bohw", weight, latents.float().cpu()))
         return rgb.repeat_interleave(8, dim=2).repeat_interleave(8, dim=3)
 
     def token_columns(self, prompt: str, phrases: Mapping[str, Sequence[str]]) -> dict[str, list[int]]:
@@ -179,8 +183,8 @@ class DiffusersHost:
     # --- internals ------------------------------------------------------------------------------------
 
     def _cfg_denoiser(self, branch: Branch, hooks: CallHooks) -> Callable[..., Tensor]:
-        cond = self.text_encoder.encode(branch.prompts).to(self.dtype)
-        uncond = self.text_encoder.encode(branch.negative_prompts).to(self.dtype)
+        cond = self.text_encoder.encode(branch.prompts).to(self.device, self.dtype)
+        uncond = self.text_encoder.encode(branch.negative_prompts).to(self.device, self.dtype)
         with_uncond = branch.cfg_scale != 1.0  # guidance 1 needs no uncond rows (Forge's shortcut)
         added = self._added_cond(branch) if self.family == "sdxl" else None
 
@@ -222,8 +226,9 @@ class DiffusersHost:
         time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.dtype)
         rows = len(branch.prompts)
         halves = (branch.prompts, branch.negative_prompts)
-        pooled = [self.text_encoder.pooled(texts).to(self.dtype) for texts in halves]
-        return tuple({"text_embeds": p, "time_ids": time_ids.repeat(rows, 1)} for p in pooled)  # type: ignore[return-value]
+        pooled = [self.text_encoder.pooled(texts).to(self.device, self.dtype) for texts in halves]
+        time_ids = time_ids.to(self.device).repeat(rows, 1)
+        return tuple({"text_embeds": p, "time_ids": time_ids} for p in pooled)  # type: ignore[return-value]
 
     def _progress(self, sigma: Tensor) -> float:
         """Fraction of the main schedule done at ``sigma`` (its nearest step; the WebUI's step/steps)."""

@@ -202,7 +202,10 @@ class CureSession:
         for name in self.plan.attributes:
             if name not in found:
                 self.notes.append(f"{name}: its words were not found in the encoded prompt, no attention map")
-        self.recorder = CrossAttentionRecorder(found) if found else None
+        # Maps from the decoder layers FASA uses by default (the paper's maps come from 32x32 decoder
+        # layers): a third of SD1's cross-attention layers, and the cost of recording with them.
+        map_layers = preset_layers("default", self.host.layer_keys(), self.host.family)
+        self.recorder = CrossAttentionRecorder(found, layers=map_layers) if found else None
         hooks = FoundationHooks(self.engine, keep_predictions=self.options.method == "blend")
         with self.host.attach(self.engine), self.engine.recording(self.bank, self.layers, self.recorder):
             latents = self.host.sample(self.foundation_branch, hooks)
