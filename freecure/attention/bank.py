@@ -35,7 +35,9 @@ class KVBank:
             return tensor.to(dtype=self.dtype, copy=True)
         pin = torch.cuda.is_available()
         stored = torch.empty(tensor.shape, dtype=self.dtype, device="cpu", pin_memory=pin)
-        stored.copy_(tensor)
+        # Into pinned memory the copy is asynchronous: the foundation pass does not wait for it. The source
+        # block is not reused before the copy ran, since both are ordered on the current stream.
+        stored.copy_(tensor, non_blocking=pin)
         return stored
 
     def put(self, layer: LayerKey, call_index: int, image: int, k: Tensor, v: Tensor) -> None:
@@ -54,8 +56,8 @@ class KVBank:
         tokens: Tensor | None = None,
         grid_tokens: int = 0,
     ) -> tuple[Tensor, Tensor] | None:
-        """K/V on ``device`` in ``dtype`` (only the rows ``tokens`` when given, gathered before the copy so an
-        offloaded bank moves just those), or None (counted in ``misses``) when nothing was stored.
+        """K/V on ``device`` in ``dtype`` (only the rows ``tokens`` when given), or None (counted in
+        ``misses``) when nothing was stored.
         ``grid_tokens``: how many tokens the caller's grid has; a shorter entry is an error (checked here,
         without a device sync, instead of an out-of-range gather)."""
         entry = self._entries.get((layer, call_index, image))
@@ -66,10 +68,10 @@ class KVBank:
             raise ValueError(
                 f"bank entry for {layer} has shape {tuple(entry[0].shape)}, expected at least {grid_tokens} tokens"
             )
-        if tokens is not None:
-            entry = tuple(t[tokens.to(t.device)] for t in entry)  # type: ignore[assignment]
         non_blocking = self.offload and entry[0].is_pinned()
-        return tuple(t.to(device=device, dtype=dtype, non_blocking=non_blocking) for t in entry)  # type: ignore[return-value]
+        moved = tuple(t.to(device=device, dtype=dtype, non_blocking=non_blocking) for t in entry)
+        # Gather after the copy: a gather on the CPU would leave pinned memory and make the copy synchronous.
+        return moved if tokens is None else tuple(t[tokens.to(t.device)] for t in moved)  # type: ignore[return-value]
 
     @property
     def nbytes(self) -> int:

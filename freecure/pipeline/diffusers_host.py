@@ -121,12 +121,13 @@ class DiffusersHost:
         if family == "sdxl":
             pooled_dim = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
         self.text_encoder = text_encoder or ToyTextEncoder(config.cross_attention_dim, pooled_dim, seed=seed)
-        self.sigma_table = sd_sigma_table().to(self.device)
-        self._sigmas = (
-            sampling.karras_sigmas(steps, float(self.sigma_table[0]), float(self.sigma_table[-1]))
+        table = sd_sigma_table()
+        schedule = (
+            sampling.karras_sigmas(steps, float(table[0]), float(table[-1]))
             if karras
-            else sampling.sigmas_from_table(self.sigma_table, steps)
+            else sampling.sigmas_from_table(table, steps)
         )
+        self.sigma_table, self._sigmas = table.to(self.device), schedule.to(self.device)
         shape = (batch_size, config.in_channels, *self.latent_hw)
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=self.dtype)
         self.noise = noise.to(self.device)
