@@ -276,3 +276,24 @@ def test_blend_cures_through_the_cfg_callbacks(webui: WebUIHost) -> None:
     blended = run(webui, {**CURE, "method": "blend", "blend_start": 0.0})
     assert "cure failed" not in blended.infotexts[0] and "bank misses" not in blended.infotexts[0]
     assert not torch.equal(image_tensor(blended.images[0]), plain)
+
+
+@pytest.mark.parametrize("sampler", ["DDIM", "UniPC"])
+def test_blend_is_refused_with_timestep_samplers(webui: WebUIHost, sampler: str) -> None:
+    p = webui.txt2img(prompt=PROMPT, sampler_name=sampler)
+    script = freecure(webui)
+    webui.set_script_args(p, script, [{**CURE, "method": "blend"}])
+    script.process(p, *p.script_args[script.args_from:script.args_to])
+    assert f"method blend needs a k-diffusion sampler, not {sampler}" in p.extra_generation_params["FreeCure notes"]
+    assert p._freecure_job is None
+    webui.set_script_args(p, script, [CURE])  # FASA works with every sampler
+    script.process(p, *p.script_args[script.args_from:script.args_to])
+    assert p._freecure_job is not None
+
+
+def test_hires_debug_images_name_their_pass(webui: WebUIHost) -> None:
+    result = run(webui, {**CURE, "hires": "both", "debug_images": True}, enable_hr=True, hr_scale=1.5,
+                 hr_upscaler="Latent", denoising_strength=0.6)
+    captions = [text for text in result.infotexts if text.startswith("FreeCure foundation")]
+    assert captions == ["FreeCure foundation (identity off), image 0, low-res",
+                        "FreeCure foundation (identity off), image 0, hi-res"]

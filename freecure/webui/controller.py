@@ -101,7 +101,7 @@ class Controller:
         state = JobState(options.resolved(family))
         setattr(p, STATE_ATTR, state)
         p.extra_generation_params.update(options.to_infotext())
-        reason = hosts.unsupported_reason(p)
+        reason = hosts.unsupported_reason(p) or (hosts.blend_unsupported(p) if options.method == "blend" else None)
         if reason:
             state.note(p, f"skipped: {reason}")
             setattr(p, STATE_ATTR, None)
@@ -179,7 +179,8 @@ class Controller:
             shared.state.nextjob()
             session.build_masks()
             if options.debug_images:
-                state.debug.extend(debug_images(session))
+                label = ("hi-res" if is_hires else "low-res") if getattr(p, "enable_hr", False) else ""
+                state.debug.extend(debug_images(session, label))
         self._enter_cure(state, c)
         if ran:
             shared.state.textinfo = "FreeCure: cure pass"

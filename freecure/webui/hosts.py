@@ -44,6 +44,22 @@ def unsupported_reason(p: Any) -> str | None:
     return None
 
 
+def blend_unsupported(p: Any) -> str | None:
+    """Noise blending works on the x0 a k-diffusion denoiser returns; the WebUI's timestep samplers (DDIM,
+    PLMS, UniPC) hand their callbacks noise predictions at timesteps instead."""
+    try:
+        from modules import sd_samplers_timesteps
+    except ImportError:
+        return None
+    names = {name for data in sd_samplers_timesteps.samplers_data_timesteps for name in (data.name, *data.aliases)}
+    used = [p.sampler_name, *([getattr(p, "hr_sampler_name", None)] if getattr(p, "enable_hr", False) else [])]
+    timestep_samplers = [name for name in used if name in names]
+    if timestep_samplers:
+        return (f"method blend needs a k-diffusion sampler, not {timestep_samplers[0]} (use fasa, or a sampler"
+                " such as Euler or DPM++ 2M)")
+    return None
+
+
 def create_host(p: Any, options: Options, *, x: torch.Tensor, noise: torch.Tensor, conditioning: Any,
                 unconditional: Any, is_hires: bool) -> Any:
     """The pipeline host for this sampling pass of this job."""
