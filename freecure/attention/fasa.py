@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from freecure.masks import to_grid
+
 from .types import LayerKey, check_layer_key, check_progress_range, in_progress_range
 
 
@@ -64,9 +66,9 @@ class FasaSettings:
 
 
 def mask_tokens(mask: Tensor, grid: tuple[int, int]) -> Tensor:
-    """Row-major (h w) indices of the tokens of ``grid`` that are at least half inside ``mask``."""
-    coverage = F.adaptive_avg_pool2d(mask.float()[None, None], grid)[0, 0]
-    return torch.nonzero(coverage.flatten() >= 0.5).flatten()
+    """Row-major (h w) indices of the tokens of ``grid`` that are at least half inside ``mask`` (the exact
+    area rule of ``freecure.masks.to_grid``, also for grids that do not divide the mask's size)."""
+    return torch.nonzero(to_grid(mask.cpu(), grid).flatten()).flatten()
 
 
 @functools.lru_cache(maxsize=64)
