@@ -19,23 +19,11 @@ from freecure.attention import (
     RowRole,
     RowTracker,
     intercept_modules,
-    layer_key_from_ldm_name,
 )
 from freecure.pipeline.host import Branch, CallHooks, CureInterrupted
 from freecure.tokens import phrase_columns
-from freecure.webui.hosts import model_family
+from freecure.webui.hosts import attention_modules, model_family
 from freecure.webui.identity import IdentitySwitch
-
-
-def attention_modules(diffusion_model: torch.nn.Module) -> dict[LayerKey, tuple[Any, Any]]:
-    """(attn1, attn2) of every transformer block, keyed in ldm naming."""
-    pairs: dict[LayerKey, dict[bool, Any]] = {}
-    for name, module in diffusion_model.named_modules():
-        found = layer_key_from_ldm_name(name)
-        if found is not None:
-            key, is_self = found
-            pairs.setdefault(key, {})[is_self] = module
-    return {key: (pair[True], pair[False]) for key, pair in pairs.items() if len(pair) == 2}
 
 
 def cond_rows_per_image(conditioning: Any) -> list[int]:

@@ -16,7 +16,8 @@ import torch
 
 from freecure.attention import AttentionEngine, LayerKey, RowRole, token_grid
 from freecure.pipeline.host import Branch, CallHooks
-from freecure.webui.a1111 import A1111Host, CallRouter, attention_modules
+from freecure.webui.a1111 import A1111Host, CallRouter
+from freecure.webui.hosts import attention_modules
 
 PatchFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict], torch.Tensor]
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from freecure.attention import LayerKey, layer_key_from_ldm_name
 from freecure.options import Options
 from freecure.pipeline import CureSession
 from freecure.webui.identity import IdentitySwitch
@@ -20,6 +21,17 @@ def model_family(sd_model: Any) -> str:
     if getattr(sd_model, "is_sd2", False):
         return "sd2"
     return "sd1"
+
+
+def attention_modules(diffusion_model: torch.nn.Module) -> dict[LayerKey, tuple[Any, Any]]:
+    """(attn1, attn2) of every transformer block, keyed in ldm naming."""
+    pairs: dict[LayerKey, dict[bool, Any]] = {}
+    for name, module in diffusion_model.named_modules():
+        found = layer_key_from_ldm_name(name)
+        if found is not None:
+            key, is_self = found
+            pairs.setdefault(key, {})[is_self] = module
+    return {key: (pair[True], pair[False]) for key, pair in pairs.items() if len(pair) == 2}
 
 
 def is_forge(sd_model: Any) -> bool:
@@ -41,7 +53,16 @@ def unsupported_reason(p: Any) -> str | None:
     data = getattr(shared.opts, "data", {}) or {}
     if data.get("hypertile_enable_unet") or data.get("hypertile_enable_unet_secondpass"):
         return "HyperTile is on (switch it off for FreeCure): it splits attention into tiles"
+    if not attention_modules(diffusion_model(p.sd_model)):
+        return "this model has no SD1.x/SD2.x/SDXL UNet attention layers (FreeCure supports those models)"
     return None
+
+
+def diffusion_model(sd_model: Any) -> torch.nn.Module:
+    """The UNet module tree: A1111's ``model.diffusion_model``, Forge's inside its UNet patcher."""
+    if is_forge(sd_model):
+        return sd_model.forge_objects.unet.model.diffusion_model
+    return sd_model.model.diffusion_model
 
 
 def blend_unsupported(p: Any) -> str | None:
@@ -70,7 +91,7 @@ def create_host(p: Any, options: Options, *, x: torch.Tensor, noise: torch.Tenso
     else:
         from freecure.webui.a1111 import A1111Host
 
-        host_class, switch_class, unet = A1111Host, IdentitySwitch, p.sd_model.model.diffusion_model
+        host_class, switch_class, unet = A1111Host, IdentitySwitch, diffusion_model(p.sd_model)
     identity = switch_class(p, kinds=options.identity_off, keep_networks=options.keep_networks,
                             is_hires=is_hires, unet=unet)
     return host_class(p, x=x, noise=noise, conditioning=conditioning, unconditional=unconditional,
