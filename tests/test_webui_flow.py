@@ -297,3 +297,38 @@ def test_hires_debug_images_name_their_pass(webui: WebUIHost) -> None:
     captions = [text for text in result.infotexts if text.startswith("FreeCure foundation")]
     assert captions == ["FreeCure foundation (identity off), image 0, low-res",
                         "FreeCure foundation (identity off), image 0, hi-res"]
+
+
+def test_embeddings_become_the_class_word_and_sources_can_stay_on(webui: WebUIHost) -> None:
+    from modules import sd_hijack
+    from modules.textual_inversion.textual_inversion import Embedding
+
+    sd_hijack.model_hijack.embedding_db.register_embedding(Embedding(None, "ohwx-face"))
+    recorded: list[str] = []
+    parser = webui.prompt_parser
+    original = parser.get_multicond_learned_conditioning
+
+    def recording(model: Any, prompts: Any, steps: int, *args: Any, **kwargs: Any) -> Any:
+        recorded.extend(prompts)
+        return original(model, prompts, steps, *args, **kwargs)
+
+    parser.get_multicond_learned_conditioning = recording
+    probe = CallProbe(webui)
+    try:
+        with probe.installed():
+            result = run(webui, {**CURE, "trigger_words": "", "identity_off": "embedding+adapter"},
+                         prompt="a photo of ohwx-face woman with red hair <lora:ohwx:1>")
+    finally:
+        parser.get_multicond_learned_conditioning = original
+    assert "a photo of woman with red hair" in recorded, recorded  # "ohwx-face woman" -> "woman"
+    params = webui.infotext_utils.parse_generation_parameters(result.infotexts[0])
+    assert params["FreeCure identity off"] == "embedding:ohwx-face"
+    assert all(call["lora"] for call in probe.calls), "LoRA left on when the user keeps it"
+
+
+def test_cfg_scale_one_cures_too(webui: WebUIHost) -> None:
+    """Forge skips the unconditional rows at CFG 1 and hands the hooks p.uc = None."""
+    plain = image_tensor(run(webui, None, cfg_scale=1.0).images[0])
+    cured = run(webui, CURE, cfg_scale=1.0)
+    assert "cure failed" not in cured.infotexts[0] and "bank misses" not in cured.infotexts[0]
+    assert not torch.equal(image_tensor(cured.images[0]), plain)
