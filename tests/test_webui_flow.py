@@ -332,3 +332,17 @@ def test_cfg_scale_one_cures_too(webui: WebUIHost) -> None:
     cured = run(webui, CURE, cfg_scale=1.0)
     assert "cure failed" not in cured.infotexts[0] and "bank misses" not in cured.infotexts[0]
     assert not torch.equal(image_tensor(cured.images[0]), plain)
+
+
+def test_other_adapters_and_patches_stay_on_in_the_foundation(webui: WebUIHost) -> None:
+    """A style IP-Adapter is no identity: the foundation pass keeps it (on Forge also when the LoRA is
+    switched off through the model objects from before LoRA)."""
+    probe = CallProbe(webui)
+    plant_adapter(webui, FaceIdAdapter(probe, identity=False))
+    with probe.installed():
+        result = run(webui, CURE)
+    steps = 4
+    assert not any(call["lora"] for call in probe.calls[:steps]), "the LoRA identity is off"
+    assert probe.calls[steps]["adapter_calls"] > 0, "the style adapter ran in the foundation pass"
+    params = webui.infotext_utils.parse_generation_parameters(result.infotexts[0])
+    assert not any(source.startswith("adapter") for source in params["FreeCure identity off"].split(", "))

@@ -59,6 +59,7 @@ class CallProbe:
         self.host = host
         self.calls: list[dict[str, Any]] = []
         self.adapter_calls = 0
+        self.identity_adapter = True  # read by the fake Forge extension
 
     def on_cfg_denoiser(self, params: Any) -> None:
         self.calls.append({"lora": lora_active(self.host), "adapter_calls": self.adapter_calls})
@@ -74,12 +75,13 @@ class CallProbe:
 
 
 class FaceIdAdapter:
-    """What the ControlNet extension's IP-Adapter FaceID looks like from an attn2 module."""
+    """What the ControlNet extension's IP-Adapter FaceID looks like from an attn2 module; with
+    ``identity=False`` a plain (style) IP-Adapter, which is no identity source."""
 
-    is_faceid = True
-
-    def __init__(self, probe: CallProbe) -> None:
+    def __init__(self, probe: CallProbe, identity: bool = True) -> None:
         self.probe = probe
+        self.is_faceid = identity
+        probe.identity_adapter = identity
 
     def hack(self) -> Any:
         adapter = self

@@ -9,6 +9,7 @@ Every host import happens inside functions.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -168,8 +169,14 @@ class ForgeHost(A1111Host):
             yield
 
 
+# What a UNet patcher carries besides its weights: other extensions' patches and ControlNets for this pass.
+_PASS_STATE = ("model_options", "controlnet_linked_list", "extra_preserved_memory_during_sampling",
+               "extra_model_patchers_during_sampling", "extra_concat_condition")
+
+
 class ForgeIdentitySwitch:
-    """Identity off on Forge: the model objects from before LoRA was applied (``forge_objects_original``);
+    """Identity off on Forge: the weights from before LoRA was applied (``forge_objects_original``) with
+    everything else of this pass kept (other extensions' patches, ControlNet units such as pose or depth);
     identity adapters are skipped in the attention patches (``ForgeHost``)."""
 
     def __init__(self, p: Any, *, kinds: Any, keep_networks: Any, is_hires: bool, unet: Any = None) -> None:
@@ -197,7 +204,13 @@ class ForgeIdentitySwitch:
             yield
             return
         saved = model.forge_objects
+        unet = original.unet.clone()
+        for name in _PASS_STATE:
+            if hasattr(saved.unet, name):
+                setattr(unet, name, copy.deepcopy(getattr(saved.unet, name)) if name == "model_options"
+                        else getattr(saved.unet, name))
         model.forge_objects = original.shallow_copy()
+        model.forge_objects.unet = unet
         try:
             yield
         finally:

@@ -8,8 +8,10 @@ from modules import scripts, shared
 
 
 class FaceIdAdapter:
-    is_faceid = True
     is_instant_id = False
+
+    def __init__(self):
+        self.is_faceid = shared.fake_faceid_probe.identity_adapter  # False: a style IP-Adapter
 
 
 class CrossAttentionPatch:
