@@ -324,7 +324,10 @@ class Options:
     face_parser: str = _setting("bisenet", _Choice(("bisenet", "parsenet", "none")), "Face parsing model.")
     faces: str | tuple[int, ...] = _setting("all", _Faces(), "Faces to cure: all, largest or indices.")
     allow_download: bool = _setting(False, _Bool(), "Allow downloading parser weights.")
-    offload_bank: bool = _setting(False, _Bool(), "Keep the key/value bank in CPU memory.")
+    offload_bank: bool = _setting(
+        False, _Bool(), "Keep the whole key/value bank in CPU memory (otherwise only what exceeds 20% of the"
+        " model's GPU memory goes there)."
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

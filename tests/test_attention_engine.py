@@ -59,6 +59,30 @@ def test_offloaded_bank_keeps_tensors_on_the_cpu():
     assert back.device.type == device and torch.equal(back, k.half().float())
 
 
+def test_bank_keeps_on_the_device_only_what_its_budget_allows():
+    entry = 2 * 6 * 4 * 2  # K and V of (6, 4) in fp16
+    bank = KVBank(device_budget=2 * entry + 10)
+    k = torch.randn(6, 4)
+    for call in range(4):
+        bank.put(LAYER, call, 0, k + call, k - call)
+    assert bank.device_bytes == 2 * entry, "two entries fit, the other two went to CPU memory"
+    assert bank.nbytes == 4 * entry
+    for call in range(4):
+        got_k, got_v = bank.get(LAYER, call, 0, "cpu", torch.float32)
+        assert torch.equal(got_k, (k + call).half().float()) and torch.equal(got_v, (k - call).half().float())
+    bank.clear()
+    assert bank.device_bytes == 0
+    assert KVBank(device_budget=0).device_budget == 0
+    with pytest.raises(ValueError, match="device_budget"):
+        KVBank(device_budget=-1)
+
+
+def test_the_bank_budget_is_a_share_of_the_model_on_cuda_only():
+    from freecure.pipeline.session import bank_device_budget
+
+    assert bank_device_budget(torch.device("cpu")) is None
+
+
 def test_bank_refuses_bad_shapes_and_dtypes():
     with pytest.raises(ValueError, match="dtype"):
         KVBank(dtype=torch.int8)

@@ -13,16 +13,23 @@ _BankKey = tuple[LayerKey, int, int]
 class KVBank:
     """K/V of chosen self-attention layers, conditional rows only, keyed by (layer, call_index, image).
 
-    Tensors are stored as given to ``put`` (projected, before the head split, shape (N, C)) in ``dtype``.
-    With ``offload`` they live in CPU memory (pinned when CUDA is available, so the copy back is
-    asynchronous) and are brought to the requested device on each ``get``.
+    Tensors are stored as given to ``put`` (projected, before the head split, shape (N, C)) in ``dtype``,
+    on the device they come from while ``device_budget`` bytes allow (None: no limit). With ``offload``, and
+    for whatever exceeds the budget, they live in CPU memory (pinned when CUDA is available, so the copies
+    are asynchronous) and are brought to the requested device on each ``get``.
     """
 
-    def __init__(self, dtype: torch.dtype = torch.float16, offload: bool = False) -> None:
+    def __init__(
+        self, dtype: torch.dtype = torch.float16, offload: bool = False, device_budget: int | None = None
+    ) -> None:
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        if device_budget is not None and device_budget < 0:
+            raise ValueError(f"device_budget must be a number of bytes >= 0 or None, got {device_budget!r}")
         self.dtype = dtype
         self.offload = bool(offload)
+        self.device_budget = device_budget
+        self.device_bytes = 0  # bytes held where the tensors came from (not offloaded)
         self.misses = 0
         self._entries: dict[_BankKey, tuple[Tensor, Tensor]] = {}
 
@@ -31,7 +38,10 @@ class KVBank:
 
     def _store(self, tensor: Tensor) -> Tensor:
         tensor = tensor.detach()
-        if not self.offload:
+        size = tensor.numel() * torch.empty((), dtype=self.dtype).element_size()
+        fits = self.device_budget is None or self.device_bytes + size <= self.device_budget
+        if not self.offload and fits:
+            self.device_bytes += size
             return tensor.to(dtype=self.dtype, copy=True)
         pin = torch.cuda.is_available()
         stored = torch.empty(tensor.shape, dtype=self.dtype, device="cpu", pin_memory=pin)
@@ -68,7 +78,7 @@ class KVBank:
             raise ValueError(
                 f"bank entry for {layer} has shape {tuple(entry[0].shape)}, expected at least {grid_tokens} tokens"
             )
-        non_blocking = self.offload and entry[0].is_pinned()
+        non_blocking = entry[0].is_pinned()
         moved = tuple(t.to(device=device, dtype=dtype, non_blocking=non_blocking) for t in entry)
         # Gather after the copy: a gather on the CPU would leave pinned memory and make the copy synchronous.
         return moved if tokens is None else tuple(t[tokens.to(t.device)] for t in moved)  # type: ignore[return-value]
@@ -82,3 +92,4 @@ class KVBank:
         """Drop every entry and reset the miss count."""
         self._entries.clear()
         self.misses = 0
+        self.device_bytes = 0

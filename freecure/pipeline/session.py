@@ -110,6 +110,18 @@ class BlendHooks(PlainHooks):
         return sampling.blend_prediction(x_t, x0, x_f.to(x0.device), x0_f.to(x0.device), weight)
 
 
+BANK_SHARE_OF_MODEL = 0.2  # DESIGN.md section 5: peak GPU memory <= 1.25x a plain generation
+
+
+def bank_device_budget(device: torch.device) -> int | None:
+    """GPU bytes the key/value bank may hold before the rest goes to CPU memory: a share of what is allocated
+    when the foundation pass starts (the model, the bulk of a plain generation's peak). None on the CPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return int(BANK_SHARE_OF_MODEL * torch.cuda.memory_allocated(device))
+
+
 @dataclass
 class CurePlan:
     """What the session will do, decided from the options and the prompt before any sampling."""
@@ -196,7 +208,8 @@ class CureSession:
         self.host.check_interrupt()
         if self.options.method == "fasa":
             self.layers = preset_layers(self.options.layers, self.host.layer_keys(), self.host.family)
-            self.bank = KVBank(dtype=self.host.dtype, offload=self.options.offload_bank)
+            self.bank = KVBank(dtype=self.host.dtype, offload=self.options.offload_bank,
+                               device_budget=bank_device_budget(self.host.device))
         columns = self.host.token_columns(self.foundation_branch.prompts[0], self.plan.phrases)
         found = {name: cols for name, cols in columns.items() if cols}
         for name in self.plan.attributes:
