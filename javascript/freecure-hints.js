@@ -17,7 +17,7 @@
     "Networks that are not identity (comma-separated)": "Style LoRAs that stay on in the foundation pass.",
     "APG guidance": "asymmetric: guidance relative to the source prompt instead of the negative prompt.",
     "Hires fix": "Which pass is cured when hires fix is on.",
-    "Keep the attention bank in CPU memory": "Saves GPU memory for large images at some speed.",
+    "Keep the whole attention bank in CPU memory": "Without it, up to 20% of the model's GPU memory holds the bank and the rest goes to CPU memory; with it, none: plain peak memory, at some speed.",
     "FreeCure": "Restore the attributes your prompt asks for (hair, glasses, hat, expression) on portraits whose identity comes from a LoRA, an embedding or an identity adapter."
     };
     if (typeof titles === "object") {

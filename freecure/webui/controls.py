@@ -58,7 +58,7 @@ CONTROLS: dict[str, Control] = {
         Control("face_parser", "Face parser", "dropdown", _ADVANCED),
         Control("faces", "Faces (all, largest, or indices like 0,2)", "textbox", _ADVANCED),
         Control("allow_download", "Allow downloading parser weights", "checkbox", _ADVANCED),
-        Control("offload_bank", "Keep the attention bank in CPU memory", "checkbox", _ADVANCED),
+        Control("offload_bank", "Keep the whole attention bank in CPU memory", "checkbox", _ADVANCED),
     )
 }
 
