@@ -49,14 +49,18 @@ class CallRouter:
         self.hooks = hooks
         self.cond_counts = list(cond_counts)
 
+    def latents(self, params: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The call's input latent and sigma, one row per image: A1111 hands the batched rows, and the last
+        ones (the unconditional rows) are the latent itself."""
+        batch = params.x.shape[0] - sum(self.cond_counts)
+        return params.x[-batch:], params.sigma[-batch:]
+
     def on_cfg_denoiser(self, params: Any) -> None:
         if self.hooks is None:
             return
+        self._x_t, self._sigma = self.latents(params)
         roles = [RowRole(cond=True, image=i) for i, count in enumerate(self.cond_counts) for _ in range(count)]
-        batch = params.x.shape[0] - len(roles)
-        roles += [RowRole(cond=False, image=i) for i in range(batch)]
-        self._x_t = params.x[-batch:]
-        self._sigma = params.sigma[-batch:]
+        roles += [RowRole(cond=False, image=i) for i in range(self._x_t.shape[0])]
         progress = params.sampling_step / max(1, params.total_sampling_steps)
         self.hooks.before_call(roles, tuple(params.x.shape[-2:]), progress)
 

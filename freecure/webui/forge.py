@@ -92,15 +92,8 @@ def make_patch(engine: AttentionEngine, layer: LayerKey, is_self: bool, previous
 class ForgeRouter(CallRouter):
     """Forge gives ``on_cfg_denoiser`` the unbatched latent: one row per image; uncond rows are implied."""
 
-    def on_cfg_denoiser(self, params: Any) -> None:
-        if self.hooks is None:
-            return
-        batch = params.x.shape[0]
-        roles = [RowRole(cond=True, image=i) for i, count in enumerate(self.cond_counts) for _ in range(count)]
-        roles += [RowRole(cond=False, image=i) for i in range(batch)]
-        self._x_t, self._sigma = params.x, params.sigma
-        progress = params.sampling_step / max(1, params.total_sampling_steps)
-        self.hooks.before_call(roles, tuple(params.x.shape[-2:]), progress)
+    def latents(self, params: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return params.x, params.sigma
 
 
 class ForgeHost(A1111Host):
