@@ -60,7 +60,7 @@ class JobState:
     session: CureSession | None = None
     host: Any = None
     cure: contextlib.ExitStack | None = None
-    prepared: tuple | None = None  # which sampling pass the session was prepared for
+    host_objects: Any = None  # Forge's forge_objects at the previous sampling hook
     debug: list[tuple[Any, str]] = field(default_factory=list)
 
     def note(self, p: Any, message: str) -> None:
@@ -116,7 +116,6 @@ class Controller:
         foundations = sum(selected_pass(state.options.hires, is_hires) for is_hires in (False, True)[:1 + hires])
         apg = plan_cure(state.options, analyze_prompt(p.prompts[0])).apg if p.prompts else False
         shared.state.job_count += foundations + (1 if apg else 0)
-        state.prepared = None
 
     def before_sampling(self, p: Any, *, x: torch.Tensor, noise: torch.Tensor, c: Any, uc: Any,
                         **_kwargs: Any) -> None:
@@ -128,17 +127,16 @@ class Controller:
         if failure is not None:
             state.note(p, f"{failure}: the first pass is partly cured")
         is_hires = bool(getattr(p, "is_hr_pass", False))
-        if not selected_pass(state.options.hires, is_hires):
+        # Forge samples with forge_objects it set up afresh for the pass. Forge 2 calls this hook twice in the
+        # hires pass (modules/processing.py, sample_hr_pass): first still with the low-res pass's objects, then
+        # after resetting them; the pass samples on what the second call's extensions patched.
+        objects = getattr(p.sd_model, "forge_objects", None)
+        before_reset = objects is not None and objects is state.host_objects
+        state.host_objects = objects
+        if before_reset or not selected_pass(state.options.hires, is_hires):
             return
-        pass_key = (is_hires, x.data_ptr(), tuple(x.shape))
         try:
-            if state.session is not None and state.prepared == pass_key:
-                # Forge calls this hook twice for the hires pass and keeps only the second model objects:
-                # re-install the cure, the foundation of this pass is done.
-                self._enter_cure(state, c)
-                return
             self._start_cure(p, state, x=x, noise=noise, c=c, uc=uc, is_hires=is_hires)
-            state.prepared = pass_key
         except CureInterrupted as stop:
             self._close_cure(state)
             state.note(p, f"cure stopped: {stop}; the image is uncured")

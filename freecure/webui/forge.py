@@ -125,11 +125,15 @@ class ForgeHost(A1111Host):
 
     @contextlib.contextmanager
     def _patched(self) -> Iterator[None]:
+        """Our patches on a clone of the UNet patcher the host holds now (as Forge's StyleAlign does). On exit
+        the patcher goes back only while our clone is still the one in place: Forge resets ``forge_objects``
+        between its hires calls and other extensions install newer patchers, which must never be replaced
+        by an older one."""
         if self._engine is None:
             yield
             return
-        model = self.p.sd_model
-        original = model.forge_objects.unet
+        objects = self.p.sd_model.forge_objects
+        original = objects.unet
         clone = original.clone()
         replace = clone.model_options.get("transformer_options", {}).get("patches_replace", {})
         for key in attention_modules(self.unet):
@@ -140,11 +144,12 @@ class ForgeHost(A1111Host):
                 patch = make_patch(self._engine, key, is_self, previous, skip)
                 setter = clone.set_model_attn1_replace if is_self else clone.set_model_attn2_replace
                 setter(patch, *key)
-        model.forge_objects.unet = clone
+        objects.unet = clone
         try:
             yield
         finally:
-            model.forge_objects.unet = original
+            if objects.unet is clone:
+                objects.unet = original
 
     @contextlib.contextmanager
     def _branch_state(self, branch: Branch) -> Iterator[None]:

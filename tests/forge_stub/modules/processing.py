@@ -1,7 +1,8 @@
-"""Forge 2 ``modules/processing.py``: A1111's, with Forge's changes: ``p.uc = None`` at CFG 1;
-``forge_objects`` reset to ``forge_objects_after_applying_lora`` before every sampling call;
-``process_before_every_sampling`` once in the first pass and twice in the hires pass (before and after that
-reset); ``p.extra_result_images`` shown after the images (``Processed.extra_images``); ``hr_cfg``."""
+"""Forge 2 ``modules/processing.py`` (lllyasviel/stable-diffusion-webui-forge dfdcbab6): A1111's, with Forge's
+changes: ``p.uc = None`` at CFG 1; ``forge_objects`` reset to ``forge_objects_after_applying_lora`` before every
+sampling call; ``process_before_every_sampling`` once in the first pass (after the reset, L1373-1377) and twice
+in the hires pass: once still with the first pass's ``forge_objects``, then after the reset again (L1510-1526);
+``p.extra_result_images`` shown after the images (``Processed.extra_images``); ``hr_cfg``."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """``backend/patcher/unet.py`` + ``base.py``: ``UnetPatcher``. Patches live in ``model_options``; a clone
 shares the model and copies the options; LoRA weight patches are applied when the patcher is loaded for
-sampling (``sampling_prepare``) and undone when another patcher is loaded."""
+sampling (``sampling_prepare``) and undone when another patcher is loaded; ControlNets form a linked list
+(``add_patched_controlnet``) that the sampling function asks per UNet call. Mirrors Forge 2 dfdcbab6
+``backend/patcher/unet.py`` (``UnetPatcher.clone``, ``add_patched_controlnet``)."""
 
 from __future__ import annotations
 
@@ -48,6 +50,14 @@ class ModelPatcher:
 
 
 class UnetPatcher(ModelPatcher):
+    def __init__(self, model, weight_targets: dict[str, torch.nn.Linear]):
+        super().__init__(model, weight_targets)
+        self.controlnet_linked_list = None  # a clone shares it; add_patched_controlnet prepends
+
+    def add_patched_controlnet(self, cnet):
+        cnet.set_previous_controlnet(self.controlnet_linked_list)
+        self.controlnet_linked_list = cnet
+
     def append_model_option(self, k, v, ensure_uniqueness=False):
         self.model_options.setdefault(k, [])
         if ensure_uniqueness and v in self.model_options[k]:

@@ -2,7 +2,9 @@
 compatible ones (same context length) go into one UNet call **in reversed order** (usually
 ``[uncond, cond]``), with ``transformer_options`` ``cond_or_uncond`` (0 cond, 1 uncond per chunk),
 ``sigmas``, ``cond_mark``, ``cond_indices``, ``uncond_indices``. At ``cond_scale == 1`` uncond is skipped
-unless ``model_options["disable_cfg1_optimization"]``."""
+unless ``model_options["disable_cfg1_optimization"]``. The patcher's ControlNet linked list is asked for its
+control once per UNet call (``c["control"] = control.get_control(...)``, Forge 2 dfdcbab6 L262); the stand-in
+UNet takes ``control`` and adds nothing."""
 
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ def compute_cond_indices(cond_or_uncond, sigmas):
     return cond_indices, uncond_indices
 
 
-def calc_cond_uncond_batch(model, cond, uncond, x_in, timestep, model_options):
+def calc_cond_uncond_batch(model, cond, uncond, x_in, timestep, model_options, control=None):
     to_run = [(entry, 0) for entry in cond] + ([(entry, 1) for entry in uncond] if uncond is not None else [])
     out_cond = torch.zeros_like(x_in)
     out_uncond = torch.zeros_like(x_in)
@@ -69,6 +71,9 @@ def calc_cond_uncond_batch(model, cond, uncond, x_in, timestep, model_options):
         transformer_options["cond_indices"], transformer_options["uncond_indices"] = \
             compute_cond_indices(cond_or_uncond, timestep)
         c["transformer_options"] = transformer_options
+        if control is not None:
+            c["control"] = control.get_control(input_x, timestep_, dict(c), len(cond_or_uncond))
+            c["control_model"] = control
         output = model.apply_model(input_x, timestep_, **c).chunk(len(entries))
         for (entry, kind), out in zip(entries, output, strict=True):
             if kind == 0:
@@ -79,13 +84,13 @@ def calc_cond_uncond_batch(model, cond, uncond, x_in, timestep, model_options):
 
 
 def sampling_function_inner(model, x, timestep, uncond, cond, cond_scale, model_options=None, seed=None,
-                            return_full=False):
+                            return_full=False, control=None):
     model_options = model_options or {}
     if math.isclose(cond_scale, 1.0) and not model_options.get("disable_cfg1_optimization", False):
         uncond_ = None
     else:
         uncond_ = uncond
-    cond_pred, uncond_pred = calc_cond_uncond_batch(model, cond, uncond_, x, timestep, model_options)
+    cond_pred, uncond_pred = calc_cond_uncond_batch(model, cond, uncond_, x, timestep, model_options, control)
     # at scale 1 the weighted cond parts are the prediction and uncond is not needed
     cfg_result = cond_pred if uncond_ is None else uncond_pred + (cond_pred - uncond_pred) * cond_scale
     if return_full:
@@ -106,7 +111,7 @@ def sampling_function(self, denoiser_params, cond_scale, cond_composition):
         model, x, timestep, uncond, cond, cond_scale, model_options, seed = modifier(
             model, x, timestep, uncond, cond, cond_scale, model_options, seed)
     return sampling_function_inner(model, x, timestep, uncond, cond, cond_scale, model_options, seed,
-                                   return_full=True)
+                                   return_full=True, control=unet_patcher.controlnet_linked_list)
 
 
 def sampling_prepare(unet, x):
