@@ -23,8 +23,9 @@ from typing import Any
 from freecure.attributes import VOCABULARY
 
 INFOTEXT_KEY = "FreeCure"
-FAMILIES = ("sd1", "sd2", "sdxl")
-_FAMILY_STRENGTH = {"sd1": 0.5, "sd2": 0.5, "sdxl": 1.5}  # reference code: SD1.x w = 0.5, SDXL w = 1.5
+FAMILIES = ("sd1", "sd2", "sdxl", "flux")
+# Reference code: SD1.x w = 0.5, SDXL w = 1.5. FLUX has no reference code: SDXL's value, not tuned.
+_FAMILY_STRENGTH = {"sd1": 0.5, "sd2": 0.5, "sdxl": 1.5, "flux": 1.5}
 PROMPT_PLACEHOLDER = "[PROMPT]"
 _PROMPT_MAX = 1000
 _WORD_MAX = 200
@@ -281,7 +282,7 @@ class Options:
     )
     strength: float | None = _setting(
         None, _Float(0.0, 10.0, optional=True),
-        "FASA logit bias w; empty = family default (SD1/SD2 0.5, SDXL 1.5).",
+        "FASA logit bias w; empty = family default (SD1/SD2 0.5, SDXL and FLUX 1.5).",
     )  # fmt: skip
     blend_weight: float = _setting(0.75, _Float(0.0, 1.0), "Noise-blend weight inside the mask.")
     blend_start: float = _setting(0.12, _Float(0.0, 1.0), "Fraction of the schedule where blending starts.")

@@ -398,11 +398,12 @@ def test_resolved_fills_family_strength() -> None:
     assert Options().resolved("sd1").strength == 0.5
     assert Options().resolved("sd2").strength == 0.5
     assert Options().resolved("sdxl").strength == 1.5
+    assert Options().resolved("flux").strength == 1.5
     assert Options(strength=3.0).resolved("sdxl").strength == 3.0
     assert Options(strength=0.0).effective_strength("sd1") == 0.0
     with pytest.raises(OptionsError) as error:
-        Options().resolved("flux")
-    assert error.value.field == "family" and "sdxl" in str(error.value)
+        Options().resolved("sd3")
+    assert error.value.field == "family" and "flux" in str(error.value)
 
 
 def test_schema_describes_every_field() -> None:

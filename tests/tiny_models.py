@@ -64,3 +64,29 @@ def sdxl_added_cond(batch: int, generator: torch.Generator | None = None) -> dic
         "text_embeds": torch.randn(batch, SDXL_POOLED_DIM, generator=generator),
         "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).repeat(batch, 1),
     }
+
+
+FLUX_CONTEXT_DIM = 16
+FLUX_POOLED_DIM = 8
+
+
+def tiny_flux_transformer(seed: int = 0, *, guidance_embeds: bool = True, double: int = 2, single: int = 4):
+    """FLUX layout (diffusers' ``FluxTransformer2DModel``): double-stream then single-stream joint-attention
+    blocks, QK RMS norms, 3-axis RoPE, 2x2 patch tokens. Widths cut down (2 heads of 8, latent 4 channels
+    instead of 16); ``guidance_embeds`` = FLUX.1 dev's distilled guidance input (schnell has none)."""
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=double,
+        num_single_layers=single,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=FLUX_CONTEXT_DIM,
+        pooled_projection_dim=FLUX_POOLED_DIM,
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=(2, 2, 4),
+    )
+    return transformer.eval()

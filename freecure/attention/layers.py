@@ -16,13 +16,20 @@ _LDM_NAME = re.compile(
     r"(?:^|\.)(?:(?P<section>input|output)_blocks\.(?P<block>\d+)|middle_block)"
     r"\.1\.transformer_blocks\.(?P<index>\d+)\.attn(?P<kind>[12])$"
 )
+# The blocks of a joint-attention DiT: Forge's flux.py names them double_blocks.<i> / single_blocks.<i>,
+# diffusers' FluxTransformer2DModel transformer_blocks.<i> / single_transformer_blocks.<i>.
+_DIT_BLOCK_NAME = re.compile(
+    r"(?:^|\.)(?P<section>double_blocks|single_blocks|transformer_blocks|single_transformer_blocks)\.(?P<block>\d+)$"
+)
+_DIT_SECTION = {"double_blocks": "double", "transformer_blocks": "double",
+                "single_blocks": "single", "single_transformer_blocks": "single"}
 _DIFFUSERS_NAME = re.compile(
     r"^(?:(?P<section>down|up)_blocks\.(?P<level>\d+)|mid_block)\.attentions\.(?P<attention>\d+)"
     r"\.transformer_blocks\.(?P<index>\d+)\.attn(?P<kind>[12])$"
 )
 
 PRESETS = ("default", "decoder", "decoder-high", "all")
-FAMILIES = ("sd1", "sd2", "sdxl")
+FAMILIES = ("sd1", "sd2", "sdxl", "flux")
 # The reference code's SDXL set: execution-order blocks 50-69 of 70, i.e. the last 2/7 of the blocks.
 _SDXL_DEFAULT_FRACTION = 20 / 70
 
@@ -73,6 +80,25 @@ def diffusers_layer_keys(unet: nn.Module) -> dict[str, tuple[LayerKey, bool]]:
     return keys
 
 
+def joint_blocks(model: nn.Module) -> dict[LayerKey, nn.Module]:
+    """The double- and single-stream blocks of a joint-attention DiT, keyed ("double" | "single", i, 0).
+
+    Only direct children of a ``double_blocks``/``single_blocks`` list count (Forge's flux.py, Neo's
+    flux.py and chroma.py), or of diffusers' ``transformer_blocks``/``single_transformer_blocks``
+    when the model also has the single-stream list (a diffusers UNet's ``transformer_blocks`` are not
+    joint attention)."""
+    blocks: dict[LayerKey, nn.Module] = {}
+    names = {name for name, _ in model.named_children()}
+    for name, module in model.named_modules():
+        match = _DIT_BLOCK_NAME.fullmatch(name)
+        if match is None or match["section"] not in names:
+            continue
+        if match["section"] == "transformer_blocks" and "single_transformer_blocks" not in names:
+            continue
+        blocks[(_DIT_SECTION[match["section"]], int(match["block"]), 0)] = module
+    return blocks
+
+
 def _order(key: LayerKey) -> tuple[int, int, int]:
     return SECTIONS.index(key[0]), key[1], key[2]
 
@@ -106,6 +132,8 @@ def preset_layers(preset: str, all_keys: Sequence[LayerKey], family: str) -> fro
     - ``"default"``: the reference code's sets. sd1/sd2: the six highest-resolution decoder blocks
       (= decoder-high, execution index 10-15 of 16); sdxl: the last 2/7 of the blocks in execution
       order (index 50-69 of 70: output_blocks.1 tb 6-9, .2 tb 0-9, .3-.5 tb 0-1).
+    - flux (joint attention, no reference code; see ``_flux_preset``): ``"decoder"`` = every
+      single-stream block, ``"default"`` and ``"decoder-high"`` = the later half of them.
     """
     if preset not in PRESETS:
         raise ValueError(f"preset: unknown value {preset!r}; accepted: {', '.join(PRESETS)}")
@@ -114,6 +142,8 @@ def preset_layers(preset: str, all_keys: Sequence[LayerKey], family: str) -> fro
     order = execution_order(all_keys)
     if preset == "all":
         return frozenset(order)
+    if family == "flux":
+        return _flux_preset(preset, order)
     if preset == "decoder":
         return frozenset(key for key in order if key[0] == "output")
     if preset == "default" and family == "sdxl":
@@ -122,6 +152,21 @@ def preset_layers(preset: str, all_keys: Sequence[LayerKey], family: str) -> fro
     levels = _output_levels(order)
     top_two = sorted(set(levels.values()))[-2:]
     return frozenset(key for key, level in levels.items() if level in top_two)
+
+
+def _flux_preset(preset: str, order: Sequence[LayerKey]) -> frozenset[LayerKey]:
+    """FLUX has no decoder; its single-stream blocks play that part: they come last and carry the image
+    tokens to the output. Training-free FLUX editing shares attention features in the later single-stream
+    blocks (RF-Solver-Edit: the last 20 of 38) because the double-stream blocks settle layout and
+    text alignment, which the cure must leave to the personalized pass (the identity lives there too).
+    So ``default`` = the later half of the single-stream blocks (FLUX.1: single 19-37), ``decoder`` =
+    all of them."""
+    single = [key for key in order if key[0] == "single"]
+    if not single:
+        raise ValueError("all_keys: the flux presets need single-stream block keys")
+    if preset == "decoder":
+        return frozenset(single)
+    return frozenset(single[len(single) // 2 :])
 
 
 @lru_cache(maxsize=256)

@@ -6,9 +6,12 @@ import math
 from dataclasses import dataclass
 
 LayerKey = tuple[str, int, int]
-"""``("input" | "middle" | "output", block, transformer_index)`` in ldm naming; the middle block is 0."""
+"""``("input" | "middle" | "output", block, transformer_index)`` in ldm naming (the middle block is 0), or
+``("double" | "single", block, 0)`` for the double- and single-stream blocks of a joint-attention DiT (FLUX)."""
 
-SECTIONS = ("input", "middle", "output")
+UNET_SECTIONS = ("input", "middle", "output")
+DIT_SECTIONS = ("double", "single")
+SECTIONS = UNET_SECTIONS + DIT_SECTIONS  # also the execution order
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,9 @@ class DiffusersHost:
     come from ``seed``, identical for every pass, as the WebUI adapters reproduce them.
     """
 
+    FAMILIES: tuple[str, ...] = FAMILIES
+    SAMPLERS: tuple[str, ...] = tuple(sampling.SAMPLERS)
+
     def __init__(
         self,
         unet: nn.Module,
@@ -103,10 +106,10 @@ class DiffusersHost:
         batch_cond_uncond: bool = True,
         karras: bool = False,
     ) -> None:
-        if family not in FAMILIES:
-            raise ValueError(f"family: unknown value {family!r}; accepted: {', '.join(FAMILIES)}")
-        if sampler not in sampling.SAMPLERS:
-            raise ValueError(f"sampler: unknown value {sampler!r}; accepted: {', '.join(sampling.SAMPLERS)}")
+        if family not in self.FAMILIES:
+            raise ValueError(f"family: unknown value {family!r}; accepted: {', '.join(self.FAMILIES)}")
+        if sampler not in self.SAMPLERS:
+            raise ValueError(f"sampler: unknown value {sampler!r}; accepted: {', '.join(self.SAMPLERS)}")
         self.unet = unet
         self.family = family
         self.sampler = sampler
@@ -116,19 +119,9 @@ class DiffusersHost:
         self.seed = seed
         self.batch_cond_uncond = batch_cond_uncond
         self.set_identity = set_identity
-        config = unet.config
-        pooled_dim = 0
-        if family == "sdxl":
-            pooled_dim = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
-        self.text_encoder = text_encoder or ToyTextEncoder(config.cross_attention_dim, pooled_dim, seed=seed)
-        table = sd_sigma_table()
-        schedule = (
-            sampling.karras_sigmas(steps, float(table[0]), float(table[-1]))
-            if karras
-            else sampling.sigmas_from_table(table, steps)
-        )
-        self.sigma_table, self._sigmas = table.to(self.device), schedule.to(self.device)
-        shape = (batch_size, config.in_channels, *self.latent_hw)
+        self.text_encoder = text_encoder or self._default_text_encoder(seed)
+        self._sigmas = self._schedule(steps, karras).to(self.device)
+        shape = (batch_size, self._latent_channels(), *self.latent_hw)
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=self.dtype)
         self.noise = noise.to(self.device)
         self.interrupted = False
@@ -183,11 +176,29 @@ class DiffusersHost:
 
     # --- internals ------------------------------------------------------------------------------------
 
+    def _default_text_encoder(self, seed: int) -> ToyTextEncoder:
+        config = self.unet.config
+        pooled_dim = 0
+        if self.family == "sdxl":
+            pooled_dim = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        return ToyTextEncoder(config.cross_attention_dim, pooled_dim, seed=seed)
+
+    def _schedule(self, steps: int, karras: bool) -> Tensor:
+        """The sampling schedule (descending, trailing 0); keeps the model's ascending sigma table."""
+        table = sd_sigma_table()
+        self.sigma_table = table.to(self.device)
+        if karras:
+            return sampling.karras_sigmas(steps, float(table[0]), float(table[-1]))
+        return sampling.sigmas_from_table(table, steps)
+
+    def _latent_channels(self) -> int:
+        return self.unet.config.in_channels
+
     def _cfg_denoiser(self, branch: Branch, hooks: CallHooks) -> Callable[..., Tensor]:
         cond = self.text_encoder.encode(branch.prompts).to(self.device, self.dtype)
         uncond = self.text_encoder.encode(branch.negative_prompts).to(self.device, self.dtype)
         with_uncond = branch.cfg_scale != 1.0  # guidance 1 needs no uncond rows (Forge's shortcut)
-        added = self._added_cond(branch) if self.family == "sdxl" else None
+        added = self._added_cond(branch)
 
         def denoise(x: Tensor, sigma: Tensor, **_: Any) -> Tensor:
             self.check_interrupt()
@@ -222,7 +233,10 @@ class DiffusersHost:
         eps = self.unet(x * c_in, t, encoder_hidden_states=context, **kwargs).sample
         return x - sigma_b * eps
 
-    def _added_cond(self, branch: Branch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def _added_cond(self, branch: Branch) -> tuple[dict[str, Tensor], dict[str, Tensor]] | None:
+        """The conditional and unconditional half's extra model inputs (SDXL's pooled text and size ids)."""
+        if self.family != "sdxl":
+            return None
         height, width = (8 * s for s in self.latent_hw)
         time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.dtype)
         rows = len(branch.prompts)
