@@ -7,9 +7,11 @@ Fixtures (import them into a test module: ``from webui_host import a1111_host, f
   ``host.load_model("sdxl")`` swaps in an SDXL-layout one.
 - ``host.load_scripts(extension_dir)``: the real discovery path: ``modules.extensions`` gets the
   extension, ``scripts.load_scripts()`` imports the WebUI's scripts (``xyz_grid.py``) and the extension's,
-  then a txt2img ``ScriptRunner`` is initialized and its UI built (``ui()`` per script, args_from/args_to).
+  then the txt2img and img2img ``ScriptRunner`` are initialized and their UIs built (``ui()`` per script,
+  args_from/args_to).
 - ``host.txt2img(**fields)``: a ``StableDiffusionProcessingTxt2Img`` wired to that runner with the
-  default script args (index 0 = no selectable script); ``host.set_script_args(p, script, [...])``
+  default script args (index 0 = no selectable script); ``host.img2img(image, **fields)`` the same with the
+  img2img runner; ``host.set_script_args(p, script, [...])``
   writes one script's slice; ``host.process(p)`` runs ``state.begin()`` + ``process_images(p)``.
 - ``host.errors``: everything the host caught and reported (hooks, callbacks).
 """
@@ -86,15 +88,15 @@ class WebUIHost:
         extensions.extensions[:] = [extensions.Extension(Path(d).name, str(d)) for d in extension_dirs]
         scripts = self.scripts
         scripts.load_scripts()
-        runner = scripts.scripts_txt2img
-        runner.initialize_scripts(is_img2img=False)
         import gradio as gr
 
-        with gr.Blocks():
-            runner.prepare_ui()
-            runner.setup_ui()
-        self.runner = runner
-        return runner
+        for runner, is_img2img in ((scripts.scripts_txt2img, False), (scripts.scripts_img2img, True)):
+            runner.initialize_scripts(is_img2img=is_img2img)
+            with gr.Blocks():
+                runner.prepare_ui()
+                runner.setup_ui()
+        self.runner = scripts.scripts_txt2img
+        return self.runner
 
     def script(self, title: str) -> Any:
         return self.runner.title_map[title.lower()]
@@ -106,6 +108,18 @@ class WebUIHost:
         if self.runner is not None:
             p.scripts = self.runner
             p.script_args = tuple(self.runner.default_script_args())
+        return p
+
+    def img2img(self, init_image: Any, **fields: Any) -> Any:
+        """A plain img2img job from ``init_image`` with the img2img runner's default script args."""
+        defaults = {"prompt": "a photo", "negative_prompt": "", "seed": 1, "steps": 3, "width": init_image.width,
+                    "height": init_image.height, "cfg_scale": 5.0, "sampler_name": "Euler", "batch_size": 1,
+                    "n_iter": 1, "denoising_strength": 0.6}
+        p = self.processing.StableDiffusionProcessingImg2Img(init_images=[init_image], **{**defaults, **fields})
+        if self.runner is not None:
+            runner = self.scripts.scripts_img2img
+            p.scripts = runner
+            p.script_args = tuple(runner.default_script_args())
         return p
 
     def set_script_args(self, p: Any, script: Any, args: list) -> None:

@@ -24,6 +24,7 @@ from freecure.pipeline.host import Branch, CallHooks, CureInterrupted
 from freecure.tokens import phrase_columns
 from freecure.webui.hosts import attention_modules, model_family
 from freecure.webui.identity import IdentitySwitch
+from freecure.webui.leftovers import release_leftovers
 
 
 def cond_rows_per_image(conditioning: Any) -> list[int]:
@@ -39,7 +40,8 @@ class CallRouter:
     attention interceptors' ``RowTracker`` follows per module.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, job: Any) -> None:
+        self.job = job  # the ``p`` whose samplings these callbacks belong to
         self.hooks: CallHooks | None = None
         self.cond_counts: list[int] = []
         self._x_t: torch.Tensor | None = None
@@ -57,6 +59,12 @@ class CallRouter:
 
     def on_cfg_denoiser(self, params: Any) -> None:
         if self.hooks is None:
+            return
+        sampling_job = getattr(getattr(params, "denoiser", None), "p", None)
+        if sampling_job is not None and sampling_job is not self.job:
+            # Another job samples, so ours raised inside the WebUI's sampling: release it before this job's
+            # first UNet call.
+            release_leftovers()
             return
         self._x_t, self._sigma = self.latents(params)
         roles = [RowRole(cond=True, image=i) for i, count in enumerate(self.cond_counts) for _ in range(count)]
@@ -80,6 +88,12 @@ def registered_callbacks(router: CallRouter) -> Iterator[None]:
     try:
         yield
     finally:
+        # A release can run inside the host's walk over a callback list (``CallRouter.on_cfg_denoiser``) and
+        # the host removes from the list it walks, which skips the callback after ours: hand it new lists.
+        ordered = getattr(script_callbacks, "ordered_callbacks_map", None)
+        if ordered is not None:
+            for category, callbacks in list(ordered.items()):
+                ordered[category] = list(callbacks)
         script_callbacks.remove_callbacks_for_function(router.on_cfg_denoiser)
         script_callbacks.remove_callbacks_for_function(router.on_cfg_after_cfg)
 
@@ -97,7 +111,7 @@ class A1111Host:
         self.identity = identity
         self.is_hires = is_hires
         self.family = model_family(p.sd_model)
-        self.router = CallRouter()
+        self.router = CallRouter(p)
 
     # -- attention and callbacks -------------------------------------------------------------------------
     @contextlib.contextmanager

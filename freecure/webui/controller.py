@@ -21,29 +21,16 @@ from freecure.identity import IDENTITY_TAG_KINDS, foundation_prompt
 from freecure.options import Options, OptionsError
 from freecure.parsing import free_models
 from freecure.pipeline import CureError, CureInterrupted, CureSession, plan_cure
-from freecure.webui import hosts, settings
+from freecure.webui import hosts, leftovers, settings
 from freecure.webui.controls import options_from_script_args
 from freecure.webui.debug import debug_images
+from freecure.webui.leftovers import release_leftovers
 from freecure.webui.xyz import merged_overrides
 
 STATE_ATTR = "_freecure_job"
 NOTES_KEY = "FreeCure notes"
 IDENTITY_KEY = "FreeCure identity off"
 ERROR_KEY = "FreeCure error"
-
-# Cure contexts still open: a job that raised inside the main sampling never reaches post_sample. They are
-# closed at the next job's start (and at script reload); until then the engine they route to is inert.
-_OPEN_CURES: list[contextlib.ExitStack] = []
-
-
-def release_leftovers() -> None:
-    """Close every cure context a previous job left open."""
-    while _OPEN_CURES:
-        stack = _OPEN_CURES.pop()
-        try:
-            stack.close()
-        except Exception:
-            traceback.print_exc()
 
 
 def report(message: str) -> None:
@@ -188,8 +175,7 @@ class Controller:
     @staticmethod
     def _enter_cure(state: JobState, conditioning: Any) -> None:
         """Install the cure for the WebUI's main sampling; it stays until ``post_sample`` (or the next pass)."""
-        stack = contextlib.ExitStack()
-        _OPEN_CURES.append(stack)
+        stack = leftovers.opened()
         state.cure = stack
         hooks = stack.enter_context(state.session.curing())
         stack.enter_context(state.host.routed(hooks, conditioning))
@@ -249,10 +235,8 @@ class Controller:
         stack, state.cure = state.cure, None
         if stack is None:
             return None
-        if stack in _OPEN_CURES:
-            _OPEN_CURES.remove(stack)
         try:
-            stack.close()
+            leftovers.close(stack)
         except CureError as failure:
             return failure
         return None

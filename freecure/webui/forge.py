@@ -101,7 +101,7 @@ class ForgeHost(A1111Host):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.router = ForgeRouter()
+        self.router = ForgeRouter(self.p)
         self._engine: AttentionEngine | None = None
         self._identity_on = True
 

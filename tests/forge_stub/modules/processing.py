@@ -77,6 +77,26 @@ class StableDiffusionProcessingTxt2Img(_a1111.StableDiffusionProcessingTxt2Img):
             self.scripts_value = scripts
 
 
+@dataclass(repr=False)
+class StableDiffusionProcessingImg2Img(_a1111.StableDiffusionProcessingImg2Img):
+    modified_noise = None
+
+    def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
+        """A1111's, with ``forge_objects`` reset before the hook (L1844-1866)."""
+        x = self.rng.next()
+        if self.initial_noise_multiplier != 1.0:
+            self.extra_generation_params["Noise multiplier"] = self.initial_noise_multiplier
+            x *= self.initial_noise_multiplier
+        reset_forge_objects(self)
+        if self.scripts is not None:
+            self.scripts.process_before_every_sampling(self, x=self.init_latent, noise=x, c=conditioning,
+                                                       uc=unconditional_conditioning)
+        if self.modified_noise is not None:
+            x, self.modified_noise = self.modified_noise, None
+        return self.sampler.sample_img2img(self, self.init_latent, x, conditioning, unconditional_conditioning,
+                                           image_conditioning=self.image_conditioning)
+
+
 class _ForgeHiresScripts:
     """Forge's hires pass: before_hr, process_before_every_sampling, reset forge_objects, and
     process_before_every_sampling again."""

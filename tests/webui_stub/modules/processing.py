@@ -1,5 +1,6 @@
-"""``modules/processing.py`` (A1111 1.10) for txt2img: ``StableDiffusionProcessingTxt2Img``,
-``process_images`` with the real hook order, ``Processed`` and ``create_infotext``.
+"""``modules/processing.py`` (A1111 1.10.1 82a973c0): ``StableDiffusionProcessingTxt2Img``, a plain
+``StableDiffusionProcessingImg2Img`` (no inpainting), ``process_images`` with the real hook order, ``Processed``
+and ``create_infotext``.
 
 Hook order of one request: before_process, process, p.init, then per batch: before_process_batch,
 extra networks (+ after_extra_networks_activate), process_batch, setup_conds,
@@ -7,7 +8,7 @@ process_before_every_sampling, sample, [hires: extra networks, hr conds, before_
 process_before_every_sampling, second pass], post_sample, decode, postprocess_batch,
 postprocess_batch_list, per image postprocess_image / postprocess_maskoverlay /
 postprocess_image_after_composite; after all batches extra networks deactivate, then postprocess.
-Not mirrored: saving, grids, face restoration, img2img, refiner, hires with a non-latent upscaler.
+Not mirrored: saving, grids, face restoration, inpainting, refiner, hires with a non-latent upscaler.
 """
 
 from __future__ import annotations
@@ -750,3 +751,68 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
             self.hr_negative_prompts = self.all_hr_negative_prompts[batch]
             self.hr_prompts, self.hr_extra_network_data = extra_networks.parse_prompts(self.hr_prompts)
         return res
+
+
+@dataclass(repr=False)
+class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
+    """img2img as in the real class: the init images are encoded in ``init`` and sampled from with
+    ``sample_img2img``. Not mirrored: inpainting masks, resizing, color correction, edit/depth models."""
+
+    init_images: list = None
+    resize_mode: int = 0
+    denoising_strength: float = 0.75
+    image_cfg_scale: float = None
+    mask: Any = None
+    initial_noise_multiplier: float = None
+
+    image_mask: Any = field(default=None, init=False)
+    nmask: torch.Tensor = field(default=None, init=False)
+    image_conditioning: torch.Tensor = field(default=None, init=False)
+    init_latent: torch.Tensor = field(default=None, init=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.image_mask = self.mask
+        self.mask = None
+        self.initial_noise_multiplier = opts.initial_noise_multiplier if self.initial_noise_multiplier is None \
+            else self.initial_noise_multiplier
+
+    def init(self, all_prompts, all_seeds, all_subseeds):
+        if self.image_mask is not None:
+            raise NotImplementedError("the stand-in has no inpainting")
+        self.extra_generation_params["Denoising strength"] = self.denoising_strength
+        self.sampler = sd_samplers.create_sampler(self.sampler_name, self.sd_model)
+        imgs = []
+        for img in self.init_images:
+            if img.size != (self.width, self.height):
+                raise NotImplementedError("the stand-in does not resize init images")
+            imgs.append(np.moveaxis(np.array(img.convert("RGB")).astype(np.float32) / 255.0, 2, 0))
+        if len(imgs) == 1:
+            batch_images = np.expand_dims(imgs[0], axis=0).repeat(self.batch_size, axis=0)
+        elif len(imgs) <= self.batch_size:
+            self.batch_size = len(imgs)
+            batch_images = np.array(imgs)
+        else:
+            raise RuntimeError(f"bad number of images passed: {len(imgs)}; expecting {self.batch_size} or less")
+        image = torch.from_numpy(batch_images).to(shared.device, dtype=devices.dtype_vae)
+        self.init_latent = sd_samplers_common.images_tensor_to_samples(
+            image, sd_samplers_common.approximation_indexes.get(opts.sd_vae_encode_method), self.sd_model)
+        self.image_conditioning = self.img2img_image_conditioning(image * 2 - 1, self.init_latent)
+
+    def img2img_image_conditioning(self, source_image, latent_image, image_mask=None, round_image_mask=True):
+        """Non-inpainting models: a dummy (B, 5, 1, 1) zero tensor, as the real one."""
+        return latent_image.new_zeros(latent_image.shape[0], 5, 1, 1)
+
+    def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
+        x = self.rng.next()
+        if self.initial_noise_multiplier != 1.0:
+            self.extra_generation_params["Noise multiplier"] = self.initial_noise_multiplier
+            x *= self.initial_noise_multiplier
+        if self.scripts is not None:
+            self.scripts.process_before_every_sampling(p=self, x=self.init_latent, noise=x, c=conditioning,
+                                                       uc=unconditional_conditioning)
+        samples = self.sampler.sample_img2img(self, self.init_latent, x, conditioning, unconditional_conditioning,
+                                              image_conditioning=self.image_conditioning)
+        del x
+        devices.torch_gc()
+        return samples

@@ -1,5 +1,9 @@
-"""``modules/script_callbacks.py``: global callbacks. Every dispatcher catches and reports a callback's
-exception, as the real one does (``report_exception``)."""
+"""``modules/script_callbacks.py`` (A1111 1.10.1 82a973c0; Forge 2 dfdcbab6 has the same): global callbacks.
+Every dispatcher catches and reports a callback's exception, as the real one does (``report_exception``).
+Dispatch walks the cached ordered list of its category (``ordered_callbacks``, rebuilt when the number of
+callbacks changed) and ``remove_callbacks_for_function`` removes from that very list in place, as the real
+ones: a callback removed while the list is being walked makes the walk skip the next one. The user's and
+the extensions' callback order settings are not mirrored (registration order)."""
 
 from __future__ import annotations
 
@@ -56,11 +60,24 @@ _CATEGORIES = (
     "list_optimizers", "list_unets", "before_token_counter",
 )
 callback_map: dict[str, list[ScriptCallback]] = {f"callbacks_{c}": [] for c in _CATEGORIES}
+ordered_callbacks_map: dict[str, list[ScriptCallback]] = {}
 
 
 def clear_callbacks() -> None:
     for callback_list in callback_map.values():
         callback_list.clear()
+    ordered_callbacks_map.clear()
+
+
+def ordered_callbacks(category: str, unordered_callbacks: list | None = None) -> list[ScriptCallback]:
+    if unordered_callbacks is None:
+        unordered_callbacks = callback_map.get(f"callbacks_{category}", [])
+    callbacks = ordered_callbacks_map.get(category)
+    if callbacks is not None and len(callbacks) == len(unordered_callbacks):
+        return callbacks
+    callbacks = list(unordered_callbacks)
+    ordered_callbacks_map[category] = callbacks
+    return callbacks
 
 
 def _caller_filename() -> str:
@@ -78,7 +95,7 @@ def add_callback(callbacks: list, fun: Callable, *, name: str | None = None, cat
 
 def remove_current_script_callbacks() -> None:
     filename = _caller_filename()
-    for callback_list in callback_map.values():
+    for callback_list in [*callback_map.values(), *ordered_callbacks_map.values()]:
         for cb in [cb for cb in callback_list if cb.script == filename]:
             callback_list.remove(cb)
 
@@ -87,10 +104,13 @@ def remove_callbacks_for_function(callback_func: Callable) -> None:
     for callback_list in callback_map.values():
         for cb in [cb for cb in callback_list if cb.callback == callback_func]:
             callback_list.remove(cb)
+    for ordered_callback_list in ordered_callbacks_map.values():
+        for cb in [cb for cb in ordered_callback_list if cb.callback == callback_func]:
+            ordered_callback_list.remove(cb)
 
 
 def _dispatch(category: str, *args: Any) -> None:
-    for c in list(callback_map[f"callbacks_{category}"]):
+    for c in ordered_callbacks(category):
         try:
             c.callback(*args)
         except Exception:
