@@ -199,11 +199,11 @@ def test_other_callbacks_fire_and_ours_exist_only_during_our_runs(webui: WebUIHo
 
 
 def test_a_model_without_unet_attention_layers_is_skipped(webui: WebUIHost, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A DiT (SD3, Flux) has none of the ldm-named transformer blocks FreeCure patches."""
+    """A DiT other than FLUX (SD3, Qwen-Image) has none of the blocks FreeCure patches."""
     from freecure.webui import hosts
 
     monkeypatch.setattr(hosts, "attention_modules", lambda unet: {})
     plain = image_tensor(run(webui, None).images[0])
     result = run(webui, CURE)
-    assert "this model has no SD1.x/SD2.x/SDXL UNet attention layers" in result.infotexts[0]
+    assert "neither SD1.x/SD2.x/SDXL UNet attention layers nor FLUX joint-attention blocks" in result.infotexts[0]
     assert torch.equal(image_tensor(result.images[0]), plain)

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from freecure.attention import AttentionEngine, LayerKey, RowRole, token_grid
+from freecure.attention import AttentionEngine, LayerKey, RowRole, joint_blocks, token_grid
 from freecure.pipeline.host import Branch, CallHooks
 from freecure.webui.a1111 import A1111Host, CallRouter
+from freecure.webui.forge_flux import intercepted_flux, is_flux, t5_token_columns
 from freecure.webui.hosts import attention_modules
 
 PatchFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict], torch.Tensor]
@@ -109,6 +110,22 @@ class ForgeHost(A1111Host):
     def unet(self) -> torch.nn.Module:
         return self.p.sd_model.forge_objects.unet.model.diffusion_model
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The patcher's compute dtype: FLUX weights are often stored in fp8, NF4 or GGUF integers."""
+        computation = getattr(self.p.sd_model.forge_objects.unet.model, "computation_dtype", None)
+        return computation if isinstance(computation, torch.dtype) else super().dtype
+
+    def layer_keys(self) -> list[LayerKey]:
+        return list(joint_blocks(self.unet)) if is_flux(self.unet) else super().layer_keys()
+
+    def token_columns(self, prompt: str, phrases: Mapping[str, Sequence[str]]) -> dict[str, list[int]]:
+        """FLUX's joint attention reads the T5 context; CLIP-L only gives it the pooled vector."""
+        t5 = getattr(self.p.sd_model, "text_processing_engine_t5", None)
+        if t5 is not None and is_flux(self.unet):
+            return t5_token_columns(t5, prompt, phrases)
+        return super().token_columns(prompt, phrases)
+
     def text_embedder(self) -> Any:
         model = self.p.sd_model
         return getattr(model, "text_processing_engine_l", None) or getattr(model, "text_processing_engine", None) \
@@ -131,6 +148,10 @@ class ForgeHost(A1111Host):
         by an older one."""
         if self._engine is None:
             yield
+            return
+        if is_flux(self.unet):  # no attention patch exists for FLUX blocks: see forge_flux.py
+            with intercepted_flux(self._engine, self.unet):
+                yield
             return
         objects = self.p.sd_model.forge_objects
         original = objects.unet

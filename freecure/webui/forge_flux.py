@@ -36,13 +36,6 @@ def is_flux(diffusion_model: nn.Module) -> bool:
     return bool(joint_blocks(diffusion_model))
 
 
-def rows_of(transformer_options: Mapping[str, Any], batch: int) -> list[RowRole]:
-    """Row roles of one model call: ``cond_or_uncond`` lists its chunks (0 cond, 1 uncond), one row per image."""
-    chunks = transformer_options["cond_or_uncond"]
-    per_chunk = batch // len(chunks)
-    return [RowRole(cond=kind == 0, image=i) for kind in chunks for i in range(per_chunk)]
-
-
 class _CallState:
     """What the wrappers learn on the way down one model call: its rows, then the running block."""
 
@@ -65,6 +58,8 @@ def _wrap_forward(module: nn.Module, make: Callable[[Callable[..., Any]], Callab
 
 
 def _model_forward(state: _CallState) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    from freecure.webui.forge import rows_of  # forge.py imports this module for its FLUX branch
+
     def make(call_previous: Callable[..., Any]) -> Callable[..., Any]:
         def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             options = kwargs.get("transformer_options") or {}

@@ -11,11 +11,16 @@ import torch
 from freecure.attention import LayerKey, layer_key_from_ldm_name
 from freecure.options import Options
 from freecure.pipeline import CureSession
+from freecure.webui.builtins import builtin_reason
+from freecure.webui.forge_flux import is_flux
 from freecure.webui.identity import IdentitySwitch
 
 
 def model_family(sd_model: Any) -> str:
-    """sd1 | sd2 | sdxl, from the flags both hosts set on the loaded model."""
+    """sd1 | sd2 | sdxl from the flags both hosts set on the loaded model; flux for Forge's joint-attention
+    DiTs (FLUX.1 dev and schnell), found by their blocks."""
+    if is_forge(sd_model) and is_flux(diffusion_model(sd_model)):
+        return "flux"
     if getattr(sd_model, "is_sdxl", False):
         return "sdxl"
     if getattr(sd_model, "is_sd2", False):
@@ -53,8 +58,13 @@ def unsupported_reason(p: Any) -> str | None:
     data = getattr(shared.opts, "data", {}) or {}
     if data.get("hypertile_enable_unet") or data.get("hypertile_enable_unet_secondpass"):
         return "HyperTile is on (switch it off for FreeCure): it splits attention into tiles"
-    if not attention_modules(diffusion_model(p.sd_model)):
-        return "this model has no SD1.x/SD2.x/SDXL UNet attention layers (FreeCure supports those models)"
+    neo = builtin_reason(p)
+    if neo:
+        return neo
+    model = diffusion_model(p.sd_model)
+    if not attention_modules(model) and not (is_forge(p.sd_model) and is_flux(model)):
+        return ("this model has neither SD1.x/SD2.x/SDXL UNet attention layers nor FLUX joint-attention blocks"
+                " (FreeCure supports those models)")
     return None
 
 
