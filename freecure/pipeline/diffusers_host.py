@@ -4,7 +4,9 @@ k-diffusion conventions throughout: the sigma table of SD's scaled-linear beta s
 1/sqrt(sigma^2 + 1), t from sigma by log-linear interpolation, eps -> x0. CFG runs in our own code with
 A1111's row layout, [cond rows..., uncond rows...], in one UNet call or (``batch_cond_uncond=False``) one
 call per half. Prompts go through a toy text encoder (deterministic per-word embeddings, 77 tokens), so
-context columns are exact. The tests and ``benchmarks/`` use it; the WebUI adapters are the real hosts.
+context columns are exact, or any encoder with the same ``tokenize``/``chunk``/``encode`` methods (the
+trained world model's CLIP-architecture encoder, ``freecure_world``). The tests and ``benchmarks/`` use
+it; the WebUI adapters are the real hosts.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +43,16 @@ def sd_sigma_table(steps: int = 1000, beta_start: float = 0.00085, beta_end: flo
     betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2
     alphas_cumprod = torch.cumprod(1 - betas, dim=0)
     return ((1 - alphas_cumprod) / alphas_cumprod).sqrt().float()
+
+
+class TextEncoder(Protocol):
+    """What the host needs of a text encoder: word token ids, the 77 ids of a prompt, the context."""
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def chunk(self, prompt: str) -> list[int]: ...
+
+    def encode(self, prompts: Sequence[str]) -> Tensor: ...
 
 
 class ToyTextEncoder:
@@ -101,8 +113,9 @@ class DiffusersHost:
         batch_size: int = 1,
         latent_hw: tuple[int, int] = (8, 8),
         seed: int = 0,
-        text_encoder: ToyTextEncoder | None = None,
+        text_encoder: TextEncoder | None = None,
         set_identity: Callable[[bool], None] | None = None,
+        decoder: Callable[[Tensor], Tensor] | None = None,
         batch_cond_uncond: bool = True,
         karras: bool = False,
     ) -> None:
@@ -119,6 +132,7 @@ class DiffusersHost:
         self.seed = seed
         self.batch_cond_uncond = batch_cond_uncond
         self.set_identity = set_identity
+        self.decoder = decoder
         self.text_encoder = text_encoder or self._default_text_encoder(seed)
         self._sigmas = self._schedule(steps, karras).to(self.device)
         shape = (batch_size, self._latent_channels(), *self.latent_hw)
@@ -162,7 +176,10 @@ class DiffusersHost:
         return self._sigmas.clone()
 
     def decode(self, latents: Tensor) -> Tensor:
-        """A fixed random 1x1 "VAE": 4 channels -> RGB, sigmoid, 8x nearest upsampling; on the CPU."""
+        """The ``decoder`` given (a VAE), else a fixed random 1x1 "VAE": 4 channels -> RGB, sigmoid, 8x
+        nearest upsampling; on the CPU."""
+        if self.decoder is not None:
+            return self.decoder(latents)
         weight = torch.randn(3, latents.shape[1], generator=torch.Generator().manual_seed(12345))
         rgb = torch.sigmoid(torch.einsum("oc,bchw->bohw", weight, latents.float().cpu()))
         return rgb.repeat_interleave(8, dim=2).repeat_interleave(8, dim=3)
