@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -13,19 +15,27 @@ _BankKey = tuple[LayerKey, int, int]
 class KVBank:
     """K/V of chosen self-attention layers, conditional rows only, keyed by (layer, call_index, image).
 
-    Tensors are stored as given to ``put`` (projected, before the head split, shape (N, C)) in ``dtype``,
+    Tensors are stored as given to ``put`` (projected, before the head split, shape (N, C)) in ``dtype``
+    (None: the dtype they come in, the one attention computes in, whatever dtype the weights are stored in),
     on the device they come from while ``device_budget`` bytes allow (None: no limit). With ``offload``, and
     for whatever exceeds the budget, they live in CPU memory (pinned when CUDA is available, so the copies
     are asynchronous) and are brought to the requested device on each ``get``.
+
+    ``device_budget`` may also be a function of the device the first K/V come from, called at the first
+    ``put``: the device attention runs on, when the model is loaded there for sampling (with the WebUI's
+    low-VRAM modes or Forge's offload the weights are elsewhere before sampling starts).
     """
 
     def __init__(
-        self, dtype: torch.dtype = torch.float16, offload: bool = False, device_budget: int | None = None
+        self,
+        dtype: torch.dtype | None = torch.float16,
+        offload: bool = False,
+        device_budget: int | Callable[[torch.device], int | None] | None = None,
     ) -> None:
-        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-        if device_budget is not None and device_budget < 0:
-            raise ValueError(f"device_budget must be a number of bytes >= 0 or None, got {device_budget!r}")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
+        if not callable(device_budget):
+            _check_budget(device_budget)
         self.dtype = dtype
         self.offload = bool(offload)
         self.device_budget = device_budget
@@ -38,13 +48,18 @@ class KVBank:
 
     def _store(self, tensor: Tensor) -> Tensor:
         tensor = tensor.detach()
-        size = tensor.numel() * torch.empty((), dtype=self.dtype).element_size()
+        dtype = self.dtype or tensor.dtype
+        if not dtype.is_floating_point:
+            raise ValueError(f"k and v must be floating-point tensors, got {dtype}")
+        if callable(self.device_budget):
+            self.device_budget = _check_budget(self.device_budget(tensor.device))
+        size = tensor.numel() * torch.empty((), dtype=dtype).element_size()
         fits = self.device_budget is None or self.device_bytes + size <= self.device_budget
         if not self.offload and fits:
             self.device_bytes += size
-            return tensor.to(dtype=self.dtype, copy=True)
+            return tensor.to(dtype=dtype, copy=True)
         pin = torch.cuda.is_available()
-        stored = torch.empty(tensor.shape, dtype=self.dtype, device="cpu", pin_memory=pin)
+        stored = torch.empty(tensor.shape, dtype=dtype, device="cpu", pin_memory=pin)
         # Into pinned memory the copy is asynchronous: the foundation pass does not wait for it. The source
         # block is not reused before the copy ran, since both are ordered on the current stream.
         stored.copy_(tensor, non_blocking=pin)
@@ -93,3 +108,9 @@ class KVBank:
         self._entries.clear()
         self.misses = 0
         self.device_bytes = 0
+
+
+def _check_budget(budget: object) -> int | None:
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
+        raise ValueError(f"device_budget must be bytes >= 0, None, or a function giving one, got {budget!r}")
+    return budget  # type: ignore[return-value]

@@ -76,11 +76,8 @@ class Host(Protocol):
     family: str
     """Model family: "sd1", "sd2" or "sdxl"."""
 
-    dtype: torch.dtype
-    """The UNet's compute dtype (the key/value bank stores in it)."""
-
     device: torch.device
-    """Where the UNet runs; the face parser runs there too."""
+    """Where the UNet computes (not where its weights wait between passes); the face parser runs there."""
 
     def layer_keys(self) -> list[LayerKey]:
         """Keys of every transformer block of the UNet (ldm naming), for the layer presets."""

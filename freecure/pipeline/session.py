@@ -115,7 +115,8 @@ BANK_SHARE_OF_MODEL = 0.2  # DESIGN.md section 5: peak GPU memory <= 1.25x a pla
 
 def bank_device_budget(device: torch.device) -> int | None:
     """GPU bytes the key/value bank may hold before the rest goes to CPU memory: a share of what is allocated
-    when the foundation pass starts (the model, the bulk of a plain generation's peak). None on the CPU."""
+    on ``device`` (the model, the bulk of a plain generation's peak). The bank asks at its first K/V, on the
+    device attention runs on, once the host has loaded the model there for sampling. None on the CPU."""
     device = torch.device(device)
     if device.type != "cuda":
         return None
@@ -208,8 +209,8 @@ class CureSession:
         self.host.check_interrupt()
         if self.options.method == "fasa":
             self.layers = preset_layers(self.options.layers, self.host.layer_keys(), self.host.family)
-            self.bank = KVBank(dtype=self.host.dtype, offload=self.options.offload_bank,
-                               device_budget=bank_device_budget(self.host.device))
+            # Stored in the dtype attention computes in: the weights' storage dtype (FP8, NF4, GGUF) is not it.
+            self.bank = KVBank(dtype=None, offload=self.options.offload_bank, device_budget=bank_device_budget)
         columns = self.host.token_columns(self.foundation_branch.prompts[0], self.plan.phrases)
         found = {name: cols for name, cols in columns.items() if cols}
         for name in self.plan.attributes:

@@ -135,12 +135,12 @@ class A1111Host:
         return self.p.sd_model.model.diffusion_model
 
     @property
-    def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
-
-    @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        """The WebUI's compute device (``modules/devices.py``; on Forge 2 ``memory_management.get_torch_device()``):
+        the UNet's parameters are on the CPU between uses with --medvram/--lowvram or Forge's offload."""
+        from modules import devices
+
+        return devices.device
 
     def layer_keys(self) -> list[LayerKey]:
         return list(attention_modules(self.unet))
