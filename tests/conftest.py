@@ -12,11 +12,11 @@ torch.set_num_threads(1)
 
 @pytest.fixture(params=["a1111", "forge"])
 def webui(request: pytest.FixtureRequest) -> Iterator:
-    """The extension loaded into each WebUI stand-in. On Forge the identity adapter arrives from another
-    extension's process_before_every_sampling (tests/fake_extensions/faceid)."""
-    from webui_checks import EXTENSION_DIR, FAKE_FACEID
+    """The extension loaded into each WebUI stand-in, after a fake of the extension that brings IP-Adapter
+    units on that host (tests/fake_extensions: sd-webui-controlnet on A1111, Forge's IP-Adapter on Forge)."""
+    from webui_checks import EXTENSION_DIR, FAKE_ADAPTERS
     from webui_host import installed_host
 
     with installed_host(request.param) as host:
-        host.load_scripts(*([FAKE_FACEID] if host.kind == "forge" else []), EXTENSION_DIR)
+        host.load_scripts(FAKE_ADAPTERS[host.kind], EXTENSION_DIR)
         yield host

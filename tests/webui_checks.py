@@ -3,6 +3,7 @@ identity state and of everything FreeCure could leave behind."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,10 @@ import torch
 from webui_host import WebUIHost
 
 EXTENSION_DIR = Path(__file__).resolve().parent.parent
-FAKE_FACEID = Path(__file__).resolve().parent / "fake_extensions" / "faceid"
+# Other extensions injecting adapters the way the real ones do: sd-webui-controlnet on A1111, Forge's
+# built-in IP-Adapter on Forge.
+FAKE_ADAPTERS = {"a1111": Path(__file__).resolve().parent / "fake_extensions" / "controlnet",
+                 "forge": Path(__file__).resolve().parent / "fake_extensions" / "forge_ipadapter"}
 PROMPT = "a photo of ohwx woman with red hair <lora:ohwx:1>"
 CURE = {"enabled": True, "attributes": "hair", "mask_source": "attention", "trigger_words": "ohwx",
         "class_word": "woman"}
@@ -53,72 +57,38 @@ def run(host: WebUIHost, settings: dict | None, **fields: Any) -> Any:
 
 
 class CallProbe:
-    """Per denoiser call: which LoRA networks were applied and what identity-adapter hooks fired."""
+    """Per denoiser call: which LoRA networks were applied and how often each identity or style adapter unit
+    ran so far. ``units`` are the adapter units the fake ControlNet (A1111) or Forge IP-Adapter extension
+    builds for a job while the probe is installed ('faceid', 'faceid_plus_v2', 'instantid', 'pulid', 'style')."""
 
-    def __init__(self, host: WebUIHost) -> None:
+    def __init__(self, host: WebUIHost, units: tuple[str, ...] = ()) -> None:
         self.host = host
+        self.units = list(units)
         self.calls: list[dict[str, Any]] = []
-        self.adapter_calls = 0
-        self.identity_adapter = True  # read by the fake Forge extension
+        self.adapter_calls: collections.Counter[str] = collections.Counter()
 
     def on_cfg_denoiser(self, params: Any) -> None:
-        self.calls.append({"lora": lora_active(self.host), "adapter_calls": self.adapter_calls})
+        self.calls.append({"lora": lora_active(self.host), "adapter_calls": collections.Counter(self.adapter_calls),
+                           "controlnet_modifiers": controlnet_modifiers(self.host)})
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[CallProbe]:
         callbacks = self.host.script_callbacks
         callbacks.on_cfg_denoiser(self.on_cfg_denoiser)
+        self.host.shared.fake_adapter_probe = self
         try:
             yield self
         finally:
+            del self.host.shared.fake_adapter_probe
             callbacks.remove_callbacks_for_function(self.on_cfg_denoiser)
 
 
-class FaceIdAdapter:
-    """What the ControlNet extension's IP-Adapter FaceID looks like from an attn2 module; with
-    ``identity=False`` a plain (style) IP-Adapter, which is no identity source."""
-
-    def __init__(self, probe: CallProbe, identity: bool = True) -> None:
-        self.probe = probe
-        self.is_faceid = identity
-        probe.identity_adapter = identity
-
-    def hack(self) -> Any:
-        adapter = self
-
-        def patch_forward(module: Any, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-            adapter.probe.adapter_calls += 1
-            return torch.zeros_like(q).transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
-
-        return patch_forward
-
-
-def plant_adapter(host: WebUIHost, adapter: FaceIdAdapter) -> list[Any]:
-    """Hang the adapter on every attn2 the way the ControlNet extension does on A1111 (instance forward +
-    hacks); on Forge, hand the probe to the fake FaceID extension, which patches each pass's UNet clone."""
-    import torch.nn.functional as F
-
-    if host.kind == "forge":
-        host.shared.fake_faceid_probe = adapter.probe
-        return []
-
-    def attn_forward_hacked(self: Any, x: torch.Tensor, context: Any = None, **kwargs: Any) -> torch.Tensor:
-        b, _tokens, inner = x.shape
-        h = self.heads
-        context = x if context is None else context
-        q, k, v = (t.view(b, -1, h, inner // h).transpose(1, 2)
-                   for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, inner)
-        for f in self.ipadapter_hacks:
-            out = out + f(self, x, q)
-        return self.to_out(out)
-
-    modules = [m for name, m in host.shared.sd_model.model.diffusion_model.named_modules()
-               if name.endswith("attn2")]
-    for module in modules:
-        module.ipadapter_hacks = [adapter.hack()]
-        module.forward = attn_forward_hacked.__get__(module)
-    return modules
+def controlnet_modifiers(host: WebUIHost) -> int:
+    """On Forge, how many ControlNet conditioning modifiers the UNet sampled now hands its ControlNets."""
+    if host.kind == "a1111":
+        return 0
+    options = host.shared.sd_model.forge_objects.unet.model_options["transformer_options"]
+    return len(options.get("controlnet_conditioning_modifiers", []))
 
 
 def module_state(host: WebUIHost) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -33,10 +34,67 @@ def attention_function() -> Callable[..., torch.Tensor]:
     return kernel
 
 
-def is_identity_adapter_patch(patch: Any) -> bool:
-    """Whether an attn2 replace patch is Forge's IP-Adapter injecting a face identity (FaceID, InstantID)."""
-    adapters = getattr(patch, "ipadapters", None) or ()
-    return any(getattr(a, "is_faceid", False) or getattr(a, "is_instant_id", False) for a in adapters)
+# Forge's IP-Adapter (extensions-builtin/sd_forge_ipadapter/lib_ipadapter/IPAdapterPlus.py) keeps
+# ``is_instant_id`` on its ``IPAdapter`` module but not ``is_faceid``: FaceID shows as the projection's class.
+_FACEID_PROJECTIONS = {"MLPProjModelFaceId": "IP-Adapter FaceID", "ProjModelFaceIdPlus": "IP-Adapter FaceID Plus"}
+# ``CrossAttentionPatch``'s parallel lists, one entry per IP-Adapter unit on the layer (``set_new_condition``).
+_PATCH_LISTS = ("weights", "ipadapters", "conds", "unconds", "masks", "weight_type", "sigma_start", "sigma_end",
+                "unfold_batch")
+
+
+def adapter_identity(ipadapter: Any) -> str | None:
+    """The face identity one of Forge's ``IPAdapter`` modules injects, None for a style IP-Adapter."""
+    if getattr(ipadapter, "is_instant_id", False) is True:
+        return "InstantID"
+    return _FACEID_PROJECTIONS.get(type(getattr(ipadapter, "image_proj_model", None)).__name__)
+
+
+def patch_identities(patch: Any) -> list[str | None]:
+    """Per IP-Adapter unit of an attn2 replace patch, the identity it injects (empty for other patches)."""
+    return [adapter_identity(adapter) for adapter in getattr(patch, "ipadapters", None) or ()]
+
+
+def without_identity(patch: Any) -> Any:
+    """The patch for the foundation pass: an IP-Adapter patch keeps only its style units (a copy; None when
+    nothing is left, i.e. the host's attention); any other patch as it is."""
+    kinds = patch_identities(patch)
+    if not any(kinds):
+        return patch
+    keep = [i for i, kind in enumerate(kinds) if kind is None]
+    if not keep:
+        return None
+    kept = copy.copy(patch)
+    for name in _PATCH_LISTS:
+        values = getattr(patch, name, None)
+        if isinstance(values, list) and len(values) == len(kinds):
+            setattr(kept, name, [values[i] for i in keep])
+    return kept
+
+
+def _closes_over(function: Any, tensors: list[torch.Tensor]) -> bool:
+    cells = getattr(inspect.unwrap(function), "__closure__", None) or ()
+    values = [cell.cell_contents for cell in cells if isinstance(cell.cell_contents, torch.Tensor)]
+    return any(value.shape == tensor.shape and torch.equal(value, tensor.to(value.device))
+               for value in values for tensor in tensors)
+
+
+def switch_identity_adapters_off(model_options: dict) -> None:
+    """On a clone's options, in place: identity units out of the attn2 patches, and out of the ControlNet
+    conditioning the InstantID modifier that feeds the ControlNets its face embedding (the modifier closes
+    over the same embedding the patch holds; the patch is a deep copy, so compared by value)."""
+    options = model_options.get("transformer_options", {})
+    attn2 = options.get("patches_replace", {}).get("attn2", {})
+    face_embeddings = [cond for patch in attn2.values() if any(patch_identities(patch))
+                       for kind, cond in zip(patch_identities(patch), patch.conds, strict=True) if kind == "InstantID"]
+    for key, patch in list(attn2.items()):
+        replacement = without_identity(patch)
+        if replacement is None:
+            del attn2[key]
+        else:
+            attn2[key] = replacement
+    modifiers = options.get("controlnet_conditioning_modifiers")
+    if face_embeddings and modifiers:
+        options["controlnet_conditioning_modifiers"] = [m for m in modifiers if not _closes_over(m, face_embeddings)]
 
 
 def rows_of(transformer_options: dict, batch: int) -> list[RowRole]:
@@ -47,14 +105,13 @@ def rows_of(transformer_options: dict, batch: int) -> list[RowRole]:
     return [RowRole(cond=kind == 0, image=i) for kind in chunks for i in range(per_chunk)]
 
 
-def make_patch(engine: AttentionEngine, layer: LayerKey, is_self: bool, previous: PatchFn | None,
-               skip_previous: bool) -> PatchFn:
+def make_patch(engine: AttentionEngine, layer: LayerKey, is_self: bool, previous: PatchFn | None) -> PatchFn:
     """A replace patch routing one layer to the engine; every call the engine does not take over goes to
     the previous patch (another extension's) or the host's kernel, unchanged."""
     kernel = attention_function()
 
     def original(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, options: dict) -> torch.Tensor:
-        if previous is not None and not skip_previous:
+        if previous is not None:
             return previous(q, k, v, options)
         return kernel(q, k, v, options["n_heads"])
 
@@ -156,13 +213,15 @@ class ForgeHost(A1111Host):
         objects = self.p.sd_model.forge_objects
         original = objects.unet
         clone = original.clone()
+        if not self._identity_on and "adapter" in self.identity.kinds:
+            switch_identity_adapters_off(clone.model_options)
         replace = clone.model_options.get("transformer_options", {}).get("patches_replace", {})
         for key in attention_modules(self.unet):
             for target, is_self in (("attn1", True), ("attn2", False)):
-                previous = replace.get(target, {}).get(key)
-                skip = not is_self and not self._identity_on and is_identity_adapter_patch(previous) \
-                    and "adapter" in self.identity.kinds
-                patch = make_patch(self._engine, key, is_self, previous, skip)
+                # Forge looks up (block, number, index), then the block-level (block, number) SD1 patches use.
+                patches = replace.get(target, {})
+                previous = patches.get(key, patches.get(key[:2]))
+                patch = make_patch(self._engine, key, is_self, previous)
                 setter = clone.set_model_attn1_replace if is_self else clone.set_model_attn2_replace
                 setter(patch, *key)
         objects.unet = clone
@@ -196,7 +255,7 @@ _PASS_STATE = ("model_options", "controlnet_linked_list", "extra_preserved_memor
 class ForgeIdentitySwitch:
     """Identity off on Forge: the weights from before LoRA was applied (``forge_objects_original``) with
     everything else of this pass kept (other extensions' patches, ControlNet units such as pose or depth);
-    identity adapters are skipped in the attention patches (``ForgeHost``)."""
+    identity adapters are taken out of the pass's patches (``switch_identity_adapters_off``, ``ForgeHost``)."""
 
     def __init__(self, p: Any, *, kinds: Any, keep_networks: Any, is_hires: bool, unet: Any = None) -> None:
         self.p = p
@@ -211,8 +270,9 @@ class ForgeIdentitySwitch:
         unet = getattr(getattr(self.p.sd_model, "forge_objects", None), "unet", None)
         patches = (getattr(unet, "model_options", {}) or {}).get("transformer_options", {}) \
             .get("patches_replace", {}).get("attn2", {})
-        if "adapter" in self.kinds and any(is_identity_adapter_patch(patch) for patch in patches.values()):
-            found.append("adapter:IP-Adapter identity")
+        if "adapter" in self.kinds:
+            kinds = [kind for patch in patches.values() for kind in patch_identities(patch) if kind]
+            found += [f"adapter:{kind}" for kind in dict.fromkeys(kinds)]
         return found
 
     @contextlib.contextmanager

@@ -2,13 +2,14 @@
 
 Sources: LoRA/LyCORIS and hypernetworks (the WebUI's extra networks, re-activated without them: calling each
 network's ``activate`` directly fires no script hooks), and identity-adapter injections that the ControlNet
-extension hangs on ``attn2`` modules (IP-Adapter FaceID, InstantID, PuLID). Embeddings and trigger words are
-switched off through the foundation prompt (``freecure.identity``), not here.
+extension hangs on ``attn2`` modules (IP-Adapter FaceID, InstantID, PuLID) and InstantID's ControlNet unit.
+Embeddings and trigger words are switched off through the foundation prompt (``freecure.identity``), not here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -20,16 +21,46 @@ def _network_name(params: Any) -> str:
     return str(items[0])
 
 
-def is_identity_adapter_hack(hack: Any) -> bool:
-    """Whether an ``ipadapter_hacks`` function injects a face identity (FaceID, InstantID, portrait, PuLID)
-    rather than an image style; the owner adapter is the ``self`` the patch function closes over."""
-    for cell in getattr(hack, "__closure__", None) or ():
-        owner = cell.cell_contents
-        if any(getattr(owner, flag, False) is True for flag in ("is_faceid", "is_instantid", "is_portrait")):
-            return True
-        if "pulid" in type(owner).__name__.lower():
-            return True
-    return False
+def _closure_variable(function: Any, name: str) -> Any:
+    """The value a function closes over under ``name`` (looked up by name, not by cell order), seen through
+    decorators such as ``torch.no_grad()`` that keep the decorated function in ``__wrapped__``."""
+    function = inspect.unwrap(function)
+    code, closure = getattr(function, "__code__", None), getattr(function, "__closure__", None) or ()
+    if code is None or name not in code.co_freevars:
+        return None
+    return closure[code.co_freevars.index(name)].cell_contents
+
+
+def adapter_identity(hack: Any) -> str | None:
+    """The face identity an ``ipadapter_hacks`` entry injects, None for a style IP-Adapter.
+
+    sd-webui-controlnet builds each entry in ``PlugableIPAdapter.patch_forward`` as a ``torch.no_grad``
+    closure over ``self``, the ``PlugableIPAdapter``; its ``ipadapter`` (``IPAdapterModel``) stores the kind of
+    model as ``is_faceid`` (FaceID, Plus, Plus v2, portrait), ``is_instantid`` and ``is_pulid``
+    (``scripts/ipadapter/plugable_ipadapter.py``, ``ipadapter_model.py``)."""
+    model = getattr(_closure_variable(hack, "self"), "ipadapter", None)
+    if getattr(model, "is_pulid", False) is True:
+        return "PuLID"
+    if getattr(model, "is_instantid", False) is True:
+        return "InstantID"
+    if getattr(model, "is_faceid", False) is True:
+        plus = " Plus" if getattr(model, "is_plus", False) is True else ""
+        return f"IP-Adapter FaceID{plus}{' v2' if plus and getattr(model, 'is_v2', False) is True else ''}"
+    return None
+
+
+def is_identity_control(param: Any) -> bool:
+    """Whether a ControlNet unit's ``ControlParams`` is InstantID's ControlNet (IdentityNet): its context is
+    the face embedding of the InstantID IP-Adapter unit (``control_context_override``), so it is identity."""
+    return getattr(getattr(param, "control_model_type", None), "name", None) == "InstantID"
+
+
+def controlnet_hooks(p: Any) -> list[Any]:
+    """The ``UnetHook`` of each ControlNet script of this job: ``Script.latest_network``, whose
+    ``control_params`` its hooked UNet forward reads on every call (``scripts/hook.py``)."""
+    scripts = getattr(getattr(p, "scripts", None), "alwayson_scripts", None) or ()
+    hooks = [getattr(script, "latest_network", None) for script in scripts]
+    return [hook for hook in hooks if getattr(hook, "control_params", None)]
 
 
 class IdentitySwitch:
@@ -73,19 +104,27 @@ class IdentitySwitch:
     def _adapter_modules(self) -> list[Any]:
         if "adapter" not in self.kinds or self.unet is None:
             return []
-        return [m for m in self.unet.modules() if any(is_identity_adapter_hack(h)
-                                                      for h in getattr(m, "ipadapter_hacks", None) or ())]
+        return [module for module in self.unet.modules()
+                if any(adapter_identity(hack) for hack in getattr(module, "ipadapter_hacks", None) or ())]
+
+    def _identity_controls(self) -> list[tuple[Any, list[Any]]]:
+        """(ControlNet hook, its control params) for each hook that runs an InstantID ControlNet."""
+        if "adapter" not in self.kinds:
+            return []
+        return [(hook, list(hook.control_params)) for hook in controlnet_hooks(self.p)
+                if any(is_identity_control(param) for param in hook.control_params)]
 
     def sources(self) -> list[str]:
-        """What the foundation pass switches off, for the infotext: 'lora:name', 'adapter:3 layers', ..."""
+        """What the foundation pass switches off, for the infotext: 'lora:name', 'adapter:InstantID', ..."""
         found = []
         for name, params_list in self.network_data.items():
             if name in self._identity_network_names():
                 found += [f"{name}:{_network_name(params)}" for params in params_list
                           if _network_name(params).lower() not in self.keep]
-        adapters = self._adapter_modules()
-        if adapters:
-            found.append(f"adapter:{len(adapters)} layers")
+        adapters = [adapter_identity(h) for m in self._adapter_modules() for h in m.ipadapter_hacks]
+        found += [f"adapter:{kind}" for kind in dict.fromkeys(kind for kind in adapters if kind)]
+        if self._identity_controls():
+            found.append("adapter:InstantID ControlNet")
         return found
 
     # -- switching ------------------------------------------------------------------------------------------
@@ -96,15 +135,20 @@ class IdentitySwitch:
             return
         networks = self._networks_by_object()
         saved_hacks = [(module, module.ipadapter_hacks) for module in self._adapter_modules()]
+        saved_controls = self._identity_controls()
         try:
             for network, _all_params, kept in networks:
                 network.activate(self.p, kept)
             for module, hacks in saved_hacks:
-                module.ipadapter_hacks = [h for h in hacks if not is_identity_adapter_hack(h)]
+                module.ipadapter_hacks = [h for h in hacks if not adapter_identity(h)]
+            for hook, params in saved_controls:
+                hook.control_params = [param for param in params if not is_identity_control(param)]
             yield
         finally:
             # Back on in `finally`: the WebUI swallows exceptions in script hooks, and an identity left off would
             # silently give an identity-less main image.
+            for hook, params in saved_controls:
+                hook.control_params = params
             for module, hacks in saved_hacks:
                 module.ipadapter_hacks = hacks
             for network, all_params, _kept in networks:

@@ -64,6 +64,16 @@ class UnetPatcher(ModelPatcher):
             return
         self.model_options[k].append(v)
 
+    def append_transformer_option(self, k, v, ensure_uniqueness=False):
+        to = self.model_options.setdefault("transformer_options", {})
+        to.setdefault(k, [])
+        if ensure_uniqueness and v in to[k]:
+            return
+        to[k].append(v)
+
+    def add_controlnet_conditioning_modifier(self, modifier, ensure_uniqueness=False):
+        self.append_transformer_option("controlnet_conditioning_modifiers", modifier, ensure_uniqueness)
+
     def add_conditioning_modifier(self, modifier, ensure_uniqueness=False):
         self.append_model_option("conditioning_modifiers", modifier, ensure_uniqueness)
 
