@@ -56,7 +56,7 @@ def test_other_extensions_hires_patches_survive_a_cure(forge: WebUIHost, hires: 
     # Without FreeCure: the low-res pass runs the first call's patches, the hires pass the third call's (the
     # one after Forge's reset); the second call's patcher is thrown away by that reset.
     assert plain == {(p, kind, tag) for p, tag in (("low-res", 1), ("hi-res", 3))
-                     for kind in ("controlnet", "ip-adapter", "freeu-like")}
+                     for kind in ("controlnet", "ip-adapter", "freeu-like", "block-level")}
     cured, result = patches_run(forge, {**CURE, "hires": hires, "debug_images": True})
     assert "cure failed" not in result.infotexts[0] and "bank misses" not in result.infotexts[0]
     captions = [text for text in result.infotexts if text.startswith("FreeCure foundation")]

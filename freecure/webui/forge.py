@@ -116,21 +116,20 @@ def make_patch(engine: AttentionEngine, layer: LayerKey, is_self: bool, previous
         return kernel(q, k, v, options["n_heads"])
 
     def patch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, options: dict) -> torch.Tensor:
-        out = original(q, k, v, options)
         if not engine.wants(layer, is_self):
-            return out
+            return original(q, k, v, options)
         try:
-            return routed(q, k, v, options, out)
+            return routed(q, k, v, options)
         except Exception as error:  # our failure must not break the host's sampling
             engine.fail(error)
-            return out
+            return original(q, k, v, options)
 
-    def routed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, options: dict,
-               out: torch.Tensor) -> torch.Tensor:
+    def routed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, options: dict) -> torch.Tensor:
         rows = rows_of(options, q.shape[0])
         heads, scale = options["n_heads"], options["dim_head"] ** -0.5
         grid = token_grid(engine.latent_hw, q.shape[1])
         if engine.mode == "recording":
+            out = original(q, k, v, options)
             if is_self:
                 engine.observe_self(layer, k, v, rows)
             else:
@@ -138,9 +137,20 @@ def make_patch(engine: AttentionEngine, layer: LayerKey, is_self: bool, previous
             return out
         result = engine.fasa_rows(layer, q, k, v, heads, scale, rows, grid)
         if result is None:
-            return out
+            return original(q, k, v, options)
         handled, fasa_out = result
-        out = out.clone()
+        if previous is not None:
+            # Another extension's patch gets the whole batch: its options describe every row.
+            out = previous(q, k, v, options).clone()
+        else:
+            # The host's kernel only for the rows FASA leaves (the unconditional ones, usually).
+            taken = set(handled)
+            rest = [row for row in range(q.shape[0]) if row not in taken]
+            if not rest:
+                return fasa_out.to(q.dtype)
+            plain = kernel(q[rest], k[rest], v[rest], heads)
+            out = plain.new_empty((q.shape[0], *plain.shape[1:]))
+            out[rest] = plain
         out[handled] = fasa_out.to(out.dtype)
         return out
 
@@ -233,11 +243,11 @@ class ForgeHost(A1111Host):
 
     @contextlib.contextmanager
     def _branch_state(self, branch: Branch) -> Iterator[None]:
+        # The patches go on in ``routed``, inside this state: on the patcher of the identity switch.
         with super()._branch_state(branch):
             self._identity_on = branch.identity
             try:
-                with self._patched():
-                    yield
+                yield
             finally:
                 self._identity_on = True
 

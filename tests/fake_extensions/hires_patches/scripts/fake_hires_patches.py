@@ -1,7 +1,8 @@
 """A test extension that patches every sampling pass on Forge the way Forge's built-in extensions do: in each
 ``process_before_every_sampling`` call it clones ``forge_objects.unet``, adds patches made for that call and
 puts the clone back (``sd_forge_ipadapter``: attn2 replace patches; ``modules_forge/supported_controlnet.py``:
-``add_patched_controlnet``; ``sd_forge_freeu``-like feature patches, here an ``attn1_output_patch``). Every
+``add_patched_controlnet``; ``sd_forge_freeu``-like feature patches, here an ``attn1_output_patch``; and a
+block-level ``(block, number)`` attn1 replace patch, the key Forge looks up after ``(block, number, index)``). Every
 patch records the call it was made in when the UNet runs it. The test hands in a probe through
 ``shared.fake_patches_probe``; without one the extension does nothing."""
 
@@ -26,11 +27,11 @@ class TaggedControlNet:
         return None
 
 
-def style_adapter(tag):
+def style_adapter(tag, kind="ip-adapter"):
     def patch(q, k, v, extra_options):
         from backend.attention import attention_function
 
-        shared.fake_patches_probe.seen("ip-adapter", tag)
+        shared.fake_patches_probe.seen(kind, tag)
         return attention_function(q, k, v, extra_options["n_heads"]) + torch.zeros_like(q)
 
     return patch
@@ -66,4 +67,6 @@ class FakeHiresPatches(scripts.Script):
         unet.add_patched_controlnet(TaggedControlNet(tag))
         unet.set_model_attn1_output_patch(feature_patch(tag))
         unet.set_model_attn2_replace(style_adapter(tag), "output", 3, 0)
+        # block-level key (block, number), as patches made for every transformer of a block are
+        unet.set_model_attn1_replace(style_adapter(tag, "block-level"), "output", 4)
         p.sd_model.forge_objects.unet = unet
