@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-# Label ids per parser. BiSeNet follows the CelebAMask-HQ order; ParseNet has its own order.
+# Label ids per parser. ParseNet follows the CelebAMask-HQ order; BiSeNet has its own (face-parsing.PyTorch's).
 # Sources: xinntao/facexlib inference/inference_parsing.py (BiSeNet, "attributions" comment in
 # vis_parsing_maps) and inference/inference_parsing_parsenet.py (ParseNet, same place).
 PART_LABELS: dict[str, dict[str, int]] = {
@@ -140,19 +140,48 @@ def order_faces(boxes: Sequence[Box]) -> list[int]:
 def select_faces(boxes: Sequence[Box], faces: str | Sequence[int]) -> tuple[list[Box], list[str]]:
     """The boxes ``faces`` asks for, in their left-to-right order, and notes on indices not found.
 
-    ``faces``: ``"all"``, ``"largest"`` or a sequence of indices into the left-to-right order.
+    ``faces``: ``"all"``, ``"largest"`` or a sequence of indices into the left-to-right order. ``"all"``
+    leaves out faces far smaller than the largest and keeps at most ``MAX_FACES`` (see the constants).
     """
     ordered = [boxes[i] for i in order_faces(boxes)]
     if faces == "all":
-        return ordered, []
+        return _prominent(ordered)
     if faces == "largest":
         if not ordered:
             return [], []
-        return [max(ordered, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))], []
+        return [max(ordered, key=_area)], []
     indices = _validate_face_indices(faces)
     missing = [i for i in indices if i >= len(ordered)]
     notes = [f"faces: index {i} asked for but only {len(ordered)} face(s) found" for i in missing]
     return [ordered[i] for i in indices if i < len(ordered)], notes
+
+
+# faces="all": a crowd gives hundreds of detections down to a few pixels (269 in one real photo, minutes of
+# parsing on a CPU); faces whose box side is under a quarter of the largest one's are background, and the
+# parse of more than a handful of faces costs more than the cure.
+MIN_FACE_AREA_RATIO = 1 / 16
+MAX_FACES = 8
+
+
+def _area(box: Box) -> float:
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
+def _prominent(ordered: list[Box]) -> tuple[list[Box], list[str]]:
+    """The faces of ``ordered`` worth parsing, in the same order, and notes on those left out."""
+    if not ordered:
+        return [], []
+    largest = max(_area(box) for box in ordered)
+    kept = [box for box in ordered if _area(box) >= MIN_FACE_AREA_RATIO * largest]
+    notes = []
+    if len(kept) < len(ordered):
+        notes.append(f"faces: {len(ordered) - len(kept)} small face(s) not parsed (under a quarter of the"
+                     " largest face's size)")
+    if len(kept) > MAX_FACES:
+        notes.append(f"faces: only the {MAX_FACES} largest of {len(kept)} faces parsed")
+        biggest = set(sorted(range(len(kept)), key=lambda i: -_area(kept[i]))[:MAX_FACES])
+        kept = [box for i, box in enumerate(kept) if i in biggest]
+    return kept, notes
 
 
 def _validate_face_indices(faces: object) -> tuple[int, ...]:

@@ -23,6 +23,7 @@ from torchvision.transforms.functional import normalize
 
 from freecure import parsing
 from freecure.parsing import (
+    MAX_FACES,
     PART_LABELS,
     UNPARSED,
     ParseResult,
@@ -111,6 +112,19 @@ def test_faces_are_ordered_left_to_right_and_selected():
     assert chosen == [middle]
     assert notes == ["faces: index 5 asked for but only 3 face(s) found"]
     assert select_faces([], "largest") == ([], [])
+
+
+def test_all_faces_leaves_out_background_faces_and_caps_the_count():
+    """A crowd: parsing every detection down to a few pixels costs minutes and cures nothing."""
+    big, small, tiny = (100, 100, 200, 200), (300, 100, 350, 150), (10, 10, 30, 30)  # sides 100, 50, 20
+    chosen, notes = select_faces([tiny, small, big], "all")
+    assert chosen == [big, small]
+    assert notes == ["faces: 1 small face(s) not parsed (under a quarter of the largest face's size)"]
+    crowd = [(40 * i, 0, 40 * i + 30 + i, 30 + i) for i in range(MAX_FACES + 4)]  # growing, left to right
+    chosen, notes = select_faces(crowd, "all")
+    assert chosen == crowd[4:], "the largest ones, still left to right"
+    assert notes == [f"faces: only the {MAX_FACES} largest of {MAX_FACES + 4} faces parsed"]
+    assert select_faces(crowd, (0,)) == ([crowd[0]], []), "indices still count every detected face"
 
 
 @pytest.mark.parametrize("bad", ["some", (), (-1,), (1.0,), (True,), 3, None])
