@@ -69,7 +69,10 @@ class CallRouter:
         self._x_t, self._sigma = self.latents(params)
         roles = [RowRole(cond=True, image=i) for i, count in enumerate(self.cond_counts) for _ in range(count)]
         roles += [RowRole(cond=False, image=i) for i in range(self._x_t.shape[0])]
-        progress = params.sampling_step / max(1, params.total_sampling_steps)
+        # The denoiser's own call count over the calls it expects, as the WebUI's prompt schedules and CFG
+        # options count (``state.sampling_step`` is set after each step: one step late).
+        denoiser = params.denoiser
+        progress = min(1.0, denoiser.step / max(1, denoiser.total_steps))
         self.hooks.before_call(roles, tuple(params.x.shape[-2:]), progress)
 
     def on_cfg_after_cfg(self, params: Any) -> None:
@@ -110,6 +113,9 @@ class A1111Host:
         self.unconditional = unconditional
         self.identity = identity
         self.is_hires = is_hires
+        # What ``conditioning`` and ``unconditional`` were made from: a branch with the same gets them.
+        self.conditioned_on = (tuple(p.hr_prompts if is_hires else p.prompts),
+                               tuple(p.hr_negative_prompts if is_hires else p.negative_prompts))
         self.family = model_family(p.sd_model)
         self.router = CallRouter(p)
 
@@ -162,7 +168,9 @@ class A1111Host:
         return total(self._steps()) if callable(total) else self._steps()
 
     def _conds(self, branch: Branch) -> tuple[Any, Any]:
-        if branch.identity and tuple(branch.prompts) == tuple(self.p.prompts):
+        given = branch.identity and (branch.prompts, branch.negative_prompts) == self.conditioned_on
+        # Forge hands no unconditional conditioning at CFG 1 (p.uc = None); another scale needs one.
+        if given and (self.unconditional is not None or branch.cfg_scale == 1):
             return self.conditioning, self.unconditional
         from modules import prompt_parser, shared
 
@@ -179,8 +187,20 @@ class A1111Host:
         return c, uc
 
     @contextlib.contextmanager
+    def _pass_state(self) -> Iterator[None]:
+        """``p.is_hr_pass`` of this host's pass: the WebUI's sampler reads it (the hires scheduler; Forge's
+        ``hr_cfg``), and ``post_sample`` (uncured rerun, APG) runs after the WebUI reset it."""
+        saved = self.p.is_hr_pass
+        self.p.is_hr_pass = self.is_hires
+        try:
+            yield
+        finally:
+            self.p.is_hr_pass = saved
+
+    @contextlib.contextmanager
     def _branch_state(self, branch: Branch) -> Iterator[None]:
-        """Identity per branch, and a fresh RNG so ancestral samplers draw the main pass's exact noise."""
+        """Identity per branch, the pass's hires state, and a fresh RNG so ancestral samplers draw the main
+        pass's exact noise."""
         from modules import rng
 
         saved_rng = self.p.rng
@@ -191,7 +211,7 @@ class A1111Host:
         fresh.next()  # the main pass has drawn its initial noise already
         self.p.rng = fresh
         try:
-            with self.identity.switched(on=branch.identity):
+            with self._pass_state(), self.identity.switched(on=branch.identity):
                 yield
         finally:
             self.p.rng = saved_rng
@@ -245,7 +265,8 @@ class A1111Host:
         from modules import sd_samplers
 
         sampler = sd_samplers.create_sampler(self._sampler_name(), self.p.sd_model)
-        return sampler.get_sigmas(self.p, self._steps())
+        with self._pass_state():
+            return sampler.get_sigmas(self.p, self._steps())
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         from modules import devices, processing

@@ -46,6 +46,7 @@ class JobState:
     identity_sources: list[str] = field(default_factory=list)
     session: CureSession | None = None
     host: Any = None
+    apg_session: CureSession | None = None  # APG on a later, uncured pass's samples (hires=low-res)
     cure: contextlib.ExitStack | None = None
     host_objects: Any = None  # Forge's forge_objects at the previous sampling hook
     debug: list[tuple[Any, str]] = field(default_factory=list)
@@ -66,6 +67,13 @@ def selected_pass(hires_option: str, is_hires_pass: bool) -> bool:
     if hires_option == "both":
         return True
     return is_hires_pass == (hires_option == "hi-res")
+
+
+def pass_prompts(p: Any, is_hires: bool) -> tuple[list[str], list[str], float]:
+    """Prompts, negative prompts and CFG scale of the first or the hires pass (Forge: ``hr_cfg``)."""
+    if not is_hires:
+        return list(p.prompts), list(p.negative_prompts), p.cfg_scale
+    return list(p.hr_prompts), list(p.hr_negative_prompts), getattr(p, "hr_cfg", None) or p.cfg_scale
 
 
 class Controller:
@@ -103,6 +111,7 @@ class Controller:
         foundations = sum(selected_pass(state.options.hires, is_hires) for is_hires in (False, True)[:1 + hires])
         apg = plan_cure(state.options, analyze_prompt(p.prompts[0])).apg if p.prompts else False
         shared.state.job_count += foundations + (1 if apg else 0)
+        state.session = state.host = state.apg_session = None
 
     def before_sampling(self, p: Any, *, x: torch.Tensor, noise: torch.Tensor, c: Any, uc: Any,
                         **_kwargs: Any) -> None:
@@ -120,7 +129,11 @@ class Controller:
         objects = getattr(p.sd_model, "forge_objects", None)
         before_reset = objects is not None and objects is state.host_objects
         state.host_objects = objects
-        if before_reset or not selected_pass(state.options.hires, is_hires):
+        if before_reset:
+            return
+        if not selected_pass(state.options.hires, is_hires):
+            if state.session is not None and state.session.plan.apg:
+                self._prepare_apg(p, state, x=x, noise=noise, c=c, uc=uc, is_hires=is_hires)
             return
         try:
             self._start_cure(p, state, x=x, noise=noise, c=c, uc=uc, is_hires=is_hires)
@@ -132,6 +145,22 @@ class Controller:
             traceback.print_exc()
             state.note(p, f"cure failed ({type(error).__name__}: {error}); the image is uncured")
 
+    @staticmethod
+    def _prepare_apg(p: Any, state: JobState, *, x: torch.Tensor, noise: torch.Tensor, c: Any, uc: Any,
+                     is_hires: bool) -> None:
+        """APG works on the job's final samples: with the host, prompts and CFG scale of the pass that makes
+        them, also when that pass is not cured."""
+        try:
+            host = hosts.create_host(p, state.options, x=x, noise=noise, conditioning=c, unconditional=uc,
+                                     is_hires=is_hires)
+            prompts, negatives, cfg_scale = pass_prompts(p, is_hires)
+            state.apg_session = CureSession(host, state.options, prompts=prompts, negative_prompts=negatives,
+                                            cfg_scale=cfg_scale, models_dir=settings.models_dir())
+        except Exception as error:
+            traceback.print_exc()
+            state.note(p, f"APG skipped ({type(error).__name__}: {error})")
+            state.apg_session = state.session = None
+
     def _start_cure(self, p: Any, state: JobState, *, x: torch.Tensor, noise: torch.Tensor, c: Any, uc: Any,
                     is_hires: bool) -> None:
         from modules import shared
@@ -139,8 +168,7 @@ class Controller:
         options = state.options
         host = hosts.create_host(p, options, x=x, noise=noise, conditioning=c, unconditional=uc,
                                  is_hires=is_hires)
-        prompts = list(p.hr_prompts if is_hires else p.prompts)
-        negatives = list(p.hr_negative_prompts if is_hires else p.negative_prompts)
+        prompts, negatives, cfg_scale = pass_prompts(p, is_hires)
         embeddings = hosts.embedding_names() if "embedding" in options.identity_off else ()
         network_kinds = [kind for source in options.identity_off for kind in IDENTITY_TAG_KINDS.get(source, ())]
         cleaned = [foundation_prompt(prompt, trigger_words=options.trigger_words, class_word=options.class_word,
@@ -151,10 +179,9 @@ class Controller:
                 state.identity_sources.append(source)
         if state.identity_sources:
             p.extra_generation_params[IDENTITY_KEY] = ", ".join(state.identity_sources)
-        cfg_scale = (getattr(p, "hr_cfg", None) or p.cfg_scale) if is_hires else p.cfg_scale
         session = CureSession(host, options, prompts=prompts, negative_prompts=negatives, cfg_scale=cfg_scale,
                               foundation_prompts=[f.text for f in cleaned], models_dir=settings.models_dir())
-        state.session, state.host = session, host
+        state.session, state.host, state.apg_session = session, host, None
         for note in session.notes:
             state.note(p, note)
 
@@ -199,20 +226,21 @@ class Controller:
         if session is not None and session.bank is not None and session.bank.misses:
             # Every miss is a call where the foundation and the main pass did not line up (a bug, not a setting).
             state.note(p, f"{session.bank.misses} attention bank misses: those calls ran uncured")
-        if session is None or not session.plan.apg:
+        apg = state.apg_session or session
+        if apg is None or not apg.plan.apg:
             return
         from modules import shared
 
         try:
             shared.state.textinfo = "FreeCure: expression (APG)"
-            ps.samples = hosts.apg_on_samples(session, state.host, ps.samples)
+            ps.samples = hosts.apg_on_samples(apg, apg.host, ps.samples)
             shared.state.nextjob()
         except CureInterrupted as stop:
             state.note(p, f"APG stopped: {stop}; the image has no APG")
         except Exception as error:
             traceback.print_exc()
             state.note(p, f"APG failed ({type(error).__name__}: {error}); the image has no APG")
-        for note in session.notes:
+        for note in apg.notes:
             state.note(p, note)
 
     def postprocess(self, p: Any, processed: Any) -> None:
