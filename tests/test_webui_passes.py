@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 import torch
-from webui_checks import CURE, image_tensor, run
-from webui_host import WebUIHost
+from webui_checks import CURE, EXTENSION_DIR, image_tensor, run
+from webui_host import WebUIHost, installed_host
 
 from freecure.attention import AttentionEngine
 
@@ -78,3 +78,32 @@ def test_conditioning_is_reused_only_for_the_same_prompts_and_negatives(webui: W
     asymmetric = run(webui, {**settings, "apg_guidance": "asymmetric"}, prompt=prompt)
     assert "APG failed" not in asymmetric.infotexts[0]
     assert not torch.equal(image_tensor(asymmetric.images[0]), image_tensor(standard.images[0]))
+
+
+class ZeroHypernetwork:
+    """A hypernetwork whose k and v layers map every context to zero: every key and value A1111's attention
+    projects is then exactly zero (``to_k``/``to_v`` have no bias), whatever the weights."""
+
+    def __init__(self, dims: set[int]) -> None:
+        self.layers = {dim: (torch.zeros_like, torch.zeros_like) for dim in dims}
+
+
+def test_fasa_keys_and_values_pass_through_the_hypernetworks(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[torch.Tensor] = []
+    for name in ("observe_self", "fasa_rows"):
+        original = getattr(AttentionEngine, name)
+
+        def spy(engine: AttentionEngine, layer: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            tensors = [a for a in args[:3] if isinstance(a, torch.Tensor)]
+            seen.extend(tensors[-2:])  # k, v
+            return _original(engine, layer, *args, **kwargs)
+
+        monkeypatch.setattr(AttentionEngine, name, spy)
+    with installed_host("a1111") as webui:
+        webui.load_scripts(EXTENSION_DIR)
+        unet = webui.shared.sd_model.model.diffusion_model
+        dims = {m.to_k.in_features for name, m in unet.named_modules() if name.endswith(("attn1", "attn2"))}
+        webui.shared.loaded_hypernetworks = [ZeroHypernetwork(dims)]
+        result = run(webui, {**CURE, "identity_off": "lora"})  # the hypernetwork stays on in both passes
+    assert "cure failed" not in result.infotexts[0] and "bank misses" not in result.infotexts[0]
+    assert seen and all(not t.any() for t in seen), "our keys and values are the host's: through the hypernetwork"

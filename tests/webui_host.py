@@ -76,6 +76,7 @@ class WebUIHost:
 
             model = LatentDiffusion(unet, context_dim) if family == "sd1" else \
                 DiffusionEngine(unet, context_dim, SDXL_POOLED_DIM)
+            self.module("modules.sd_hijack").model_hijack.hijack(model)  # as sd_models.load_model does
         else:
             from backend.diffusion_engine.stand_in import build_engine
 

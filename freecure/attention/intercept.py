@@ -24,6 +24,13 @@ from .layers import diffusers_layer_keys, token_grid
 from .types import LayerKey, RowRole, check_layer_key
 
 _ATTENTION_ATTRIBUTES = ("heads", "scale", "to_q", "to_k", "to_v", "to_out")
+
+KVInputs = Callable[[Tensor], tuple[Tensor, Tensor]]
+"""What a host feeds ``to_k`` and ``to_v`` for a context (A1111 applies its hypernetworks there)."""
+
+
+def same_inputs(context: Tensor) -> tuple[Tensor, Tensor]:
+    return context, context
 _LDM_PARAMETERS = ("x", "context", "mask", "additional_tokens", "n_times_crossframe_attn_in_self")
 
 
@@ -67,6 +74,7 @@ def _route(
     context: Tensor | None,
     call_original: Callable[[], Tensor],
     call_plain: Callable[[Tensor, Tensor | None], Tensor],
+    kv_inputs: KVInputs = same_inputs,
 ) -> Tensor:
     """One wanted attention call. ``call_original()`` runs the previous forward with the caller's exact
     arguments; ``call_plain(x_rows, context_rows)`` runs it on a subset of rows.
@@ -77,12 +85,12 @@ def _route(
     if engine.mode == "recording":
         out = call_original()
         try:
-            _record(engine, tracker, layer, is_self, attn, x, context)
+            _record(engine, tracker, layer, is_self, attn, x, context, kv_inputs)
         except Exception as error:
             engine.fail(error)
         return out
     try:
-        cured = _cure(engine, tracker, layer, attn, x, context, call_plain)
+        cured = _cure(engine, tracker, layer, attn, x, context, call_plain, kv_inputs)
     except Exception as error:
         engine.fail(error)
         cured = None
@@ -90,7 +98,7 @@ def _route(
 
 
 def _record(engine: AttentionEngine, tracker: RowTracker, layer: LayerKey, is_self: bool, attn: nn.Module,
-            x: Tensor, context: Tensor | None) -> None:
+            x: Tensor, context: Tensor | None, kv_inputs: KVInputs) -> None:
     rows = tracker.take((layer, is_self), x.shape[0])
     cond = [row for row, role in enumerate(rows) if role.cond]
     if not cond:
@@ -100,14 +108,16 @@ def _record(engine: AttentionEngine, tracker: RowTracker, layer: LayerKey, is_se
     with torch.no_grad():
         x_cond = x[cond]
         if is_self:
-            engine.observe_self(layer, attn.to_k(x_cond), attn.to_v(x_cond), cond_roles)
+            k_in, v_in = kv_inputs(x_cond)
+            engine.observe_self(layer, attn.to_k(k_in), attn.to_v(v_in), cond_roles)
         elif context is not None:
-            q, k = attn.to_q(x_cond), attn.to_k(context[cond])
+            q, k = attn.to_q(x_cond), attn.to_k(kv_inputs(context[cond])[0])
             engine.observe_cross(layer, q, k, attn.heads, attn.scale, cond_roles, grid)
 
 
 def _cure(engine: AttentionEngine, tracker: RowTracker, layer: LayerKey, attn: nn.Module, x: Tensor,
-          context: Tensor | None, call_plain: Callable[[Tensor, Tensor | None], Tensor]) -> Tensor | None:
+          context: Tensor | None, call_plain: Callable[[Tensor, Tensor | None], Tensor],
+          kv_inputs: KVInputs) -> Tensor | None:
     """FASA output for the whole batch, or None when no row is cured (the caller takes the original path)."""
     rows = tracker.take((layer, True), x.shape[0])
     cond = [row for row, role in enumerate(rows) if role.cond]
@@ -117,7 +127,8 @@ def _cure(engine: AttentionEngine, tracker: RowTracker, layer: LayerKey, attn: n
     grid = token_grid(engine.latent_hw, x.shape[1])
     source = (x if context is None else context)[cond]
     x_cond = x[cond]
-    q, k, v = attn.to_q(x_cond), attn.to_k(source), attn.to_v(source)
+    k_in, v_in = kv_inputs(source)
+    q, k, v = attn.to_q(x_cond), attn.to_k(k_in), attn.to_v(v_in)
     result = engine.fasa_rows(layer, q, k, v, attn.heads, attn.scale, cond_roles, grid)
     if result is None:
         return None
@@ -172,6 +183,7 @@ def _ldm_forward(
     is_self: bool,
     module: nn.Module,
     previous: Callable[..., Tensor] | None,
+    kv_inputs: KVInputs,
 ) -> Callable[..., Tensor]:
     """Instance forward for one module; ``previous`` is the instance forward found there, if any."""
 
@@ -199,6 +211,7 @@ def _ldm_forward(
             lambda x_rows, context_rows: (
                 call_previous(x_rows) if context_rows is None else call_previous(x_rows, context=context_rows)
             ),
+            kv_inputs,
         )
 
     return forward
@@ -209,7 +222,8 @@ _ABSENT = object()
 
 @contextmanager
 def _installed_module_forwards(
-    engine: AttentionEngine, modules: Mapping[LayerKey, tuple[nn.Module, nn.Module]], tracker: RowTracker
+    engine: AttentionEngine, modules: Mapping[LayerKey, tuple[nn.Module, nn.Module]], tracker: RowTracker,
+    kv_inputs: KVInputs,
 ) -> Iterator[None]:
     saved: list[tuple[nn.Module, object]] = []
     try:
@@ -226,7 +240,7 @@ def _installed_module_forwards(
                 previous = module.__dict__.get("forward", _ABSENT)
                 saved.append((module, previous))
                 module.__dict__["forward"] = _ldm_forward(
-                    engine, tracker, layer, is_self, module, None if previous is _ABSENT else previous
+                    engine, tracker, layer, is_self, module, None if previous is _ABSENT else previous, kv_inputs
                 )
         yield
     finally:
@@ -238,15 +252,17 @@ def _installed_module_forwards(
 
 
 def intercept_modules(
-    engine: AttentionEngine, modules: Mapping[LayerKey, tuple[nn.Module, nn.Module]], tracker: RowTracker
+    engine: AttentionEngine, modules: Mapping[LayerKey, tuple[nn.Module, nn.Module]], tracker: RowTracker,
+    kv_inputs: KVInputs = same_inputs,
 ) -> AbstractContextManager[None]:
     """Per-instance forward wrappers on the (attn1, attn2) of each layer (ldm and sgm signatures).
+    ``kv_inputs`` gives what our own keys/values project, as the host's forwards do.
 
     An instance forward already there (ControlNet's IP-Adapter puts one on attn2) is called for every
     call we do not take over; without one, the class forward is looked up at call time. On exit each
     module's instance ``forward`` is exactly as before: the same object, or absent.
     """
-    return _installed_module_forwards(engine, modules, tracker)
+    return _installed_module_forwards(engine, modules, tracker, kv_inputs)
 
 
 def _diffusers_structure_is_plain(attn: nn.Module) -> bool:

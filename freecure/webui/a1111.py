@@ -32,6 +32,15 @@ def cond_rows_per_image(conditioning: Any) -> list[int]:
     return [len(parts) for parts in conditioning.batch]
 
 
+def hypernetwork_inputs(context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What A1111's attention forwards project to keys and values: the context through the hypernetworks
+    loaded now (``modules/sd_hijack_optimizations.py``; none loaded: the context itself)."""
+    from modules import shared
+    from modules.hypernetworks import hypernetwork
+
+    return hypernetwork.apply_hypernetworks(shared.loaded_hypernetworks, context)
+
+
 class CallRouter:
     """Turns the WebUI's CFG denoiser callbacks into the pipeline's per-call hooks.
 
@@ -122,7 +131,7 @@ class A1111Host:
     # -- attention and callbacks -------------------------------------------------------------------------
     @contextlib.contextmanager
     def attach(self, engine: AttentionEngine) -> Iterator[None]:
-        with intercept_modules(engine, attention_modules(self.unet), RowTracker(engine)):
+        with intercept_modules(engine, attention_modules(self.unet), RowTracker(engine), hypernetwork_inputs):
             yield
 
     @contextlib.contextmanager
