@@ -153,7 +153,7 @@ def test_blend_formula_holds_at_every_call(unet):
 
         hooks.after_cfg = recording_after_cfg
         host.sample(cure.personalized, hooks)
-    predictions = cure.foundation_hooks.predictions
+    predictions = cure.foundation_predictions
     assert len(seen) == len(predictions) == sampling.model_calls("heun", 3)
     inside = mask.expand(1, 4, *LATENT)
     blended_calls = 0

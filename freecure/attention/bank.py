@@ -98,6 +98,16 @@ class KVBank:
         # Gather after the copy: a gather on the CPU would leave pinned memory and make the copy synchronous.
         return moved if tokens is None else tuple(t[tokens.to(t.device)] for t in moved)  # type: ignore[return-value]
 
+    def offloaded(self) -> KVBank:
+        """A bank with the same entries in CPU memory (shared where they are there already), and its own miss
+        count: what a reused foundation reads from."""
+        copy = KVBank(dtype=self.dtype, offload=True)
+        copy._entries = {
+            key: tuple(t if t.device.type == "cpu" else copy._store(t) for t in entry)  # type: ignore[misc]
+            for key, entry in self._entries.items()
+        }
+        return copy
+
     @property
     def nbytes(self) -> int:
         """Bytes held by the stored tensors."""

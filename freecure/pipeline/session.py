@@ -38,6 +38,7 @@ from freecure.masks import AttributeMasks, build_masks, to_latent
 from freecure.options import Options
 from freecure.parsing import parse_faces
 
+from .foundation_cache import FoundationCache, FoundationRecord
 from .host import Branch, CureError, Host
 
 
@@ -192,8 +193,9 @@ class CureSession:
         self.engine = AttentionEngine()
         self.layers: frozenset[LayerKey] = frozenset()
         self.bank: KVBank | None = None
-        self.recorder: CrossAttentionRecorder | None = None
-        self.foundation_hooks: FoundationHooks | None = None
+        self.maps: dict[str, Tensor] = {}  # attribute -> (images, h, w) cross-attention maps of the foundation
+        self.foundation_predictions: list[tuple[Tensor, Tensor]] = []
+        self.foundation_reused = False
         self.foundation_latents: Tensor | None = None
         self.foundation_images: Tensor | None = None
         self.masks: list[AttributeMasks] = []
@@ -201,14 +203,23 @@ class CureSession:
 
     # --- stage 1: foundation ------------------------------------------------------------------------
 
-    def foundation(self) -> Tensor | None:
+    def foundation(self, cache: FoundationCache | None = None, key: str | None = None) -> Tensor | None:
         """The identity-off pass, recording what the cure needs. Returns the foundation latents, or
-        None when there is nothing to cure in masks (the pass is skipped)."""
+        None when there is nothing to cure in masks (the pass is skipped).
+
+        With a ``cache`` and the ``key`` of this pass's inputs, a record of an earlier pass with the same key
+        that covers this cure is used instead of sampling, and a pass that ran is kept for later jobs."""
         if not self.plan.cure:
             return None
         self.host.check_interrupt()
         if self.options.method == "fasa":
             self.layers = preset_layers(self.options.layers, self.host.layer_keys(), self.host.family)
+        needs_predictions = self.options.method == "blend"
+        record = cache.get(key) if cache is not None and key is not None else None
+        if record is not None and record.covers(self.layers, needs_predictions):
+            return self._reuse(record)
+        notes_before = len(self.notes)
+        if self.options.method == "fasa":
             # Stored in the dtype attention computes in: the weights' storage dtype (FP8, NF4, GGUF) is not it.
             self.bank = KVBank(dtype=None, offload=self.options.offload_bank, device_budget=bank_device_budget)
         columns = self.host.token_columns(self.foundation_branch.prompts[0], self.plan.phrases)
@@ -219,16 +230,41 @@ class CureSession:
         # Maps from the decoder layers FASA uses by default (the paper's maps come from 32x32 decoder
         # layers): a third of SD1's cross-attention layers, and the cost of recording with them.
         map_layers = preset_layers("default", self.host.layer_keys(), self.host.family)
-        self.recorder = CrossAttentionRecorder(found, layers=map_layers) if found else None
-        hooks = FoundationHooks(self.engine, keep_predictions=self.options.method == "blend")
-        with self.host.attach(self.engine), self.engine.recording(self.bank, self.layers, self.recorder):
+        recorder = CrossAttentionRecorder(found, layers=map_layers) if found else None
+        # Predictions are a few latents per call: kept for a cached record too, so that a later cell of a
+        # method sweep can blend from it.
+        hooks = FoundationHooks(self.engine, keep_predictions=needs_predictions or cache is not None)
+        with self.host.attach(self.engine), self.engine.recording(self.bank, self.layers, recorder):
             latents = self.host.sample(self.foundation_branch, hooks)
         self._raise_attention_failure("foundation pass")
-        self.foundation_hooks = hooks
+        self.foundation_predictions = hooks.predictions
+        self.maps = recorder.maps() if recorder is not None else {}
         self.calls["foundation"] = hooks.calls
         self.foundation_latents = latents
         self.foundation_images = self.host.decode(latents)
+        if cache is not None and key is not None:
+            record = FoundationRecord.capture(
+                latents=latents, images=self.foundation_images, maps=self.maps, bank=self.bank,
+                bank_layers=self.layers, predictions=hooks.predictions, calls=hooks.calls,
+                notes=tuple(self.notes[notes_before:]))
+            if not cache.put(key, record):
+                self.notes.append(f"foundation not kept for reuse: {record.nbytes / 2**20:.0f} MB is more than the"
+                                  f" foundation cache holds ({cache.max_bytes / 2**20:.0f} MB, Settings → FreeCure)")
         return latents
+
+    def _reuse(self, record: FoundationRecord) -> Tensor:
+        """Take an earlier job's foundation pass (same inputs) instead of sampling it again."""
+        device = self.host.device
+        self.bank = record.bank.offloaded() if record.bank is not None else None
+        self.maps = dict(record.maps)
+        self.foundation_predictions = [(x.to(device), x0.to(device)) for x, x0 in record.predictions]
+        self.foundation_latents = record.latents.to(device)
+        self.foundation_images = record.images.clone()
+        self.calls["foundation"] = 0
+        self.foundation_reused = True
+        self.notes.extend(record.notes)
+        self.notes.append("foundation reused from an earlier job with the same inputs")
+        return self.foundation_latents
 
     # --- stage 2: masks --------------------------------------------------------------------------------
 
@@ -237,7 +273,7 @@ class CureSession:
         if self.foundation_images is None:
             return []
         self.host.check_interrupt()
-        maps = self.recorder.maps() if self.recorder is not None else {}
+        maps = self.maps
         images = self.foundation_images
         height, width = images.shape[-2:]
         parts_of = {name: VOCABULARY[name].parts for name in self.plan.attributes}
@@ -291,7 +327,7 @@ class CureSession:
         plain personalized one, bit for bit.
         """
         masks = list(masks) if masks is not None else [torch.from_numpy(m.union) for m in self.masks]
-        if not self.plan.cure or self.foundation_hooks is None or not any(bool(m.any()) for m in masks):
+        if not self.plan.cure or self.foundation_latents is None or not any(bool(m.any()) for m in masks):
             if self.plan.cure:
                 self.notes.append("every mask is empty: the cure pass is the plain personalized pass")
             hooks = PlainHooks()
@@ -313,10 +349,10 @@ class CureSession:
                 yield hooks
             self._raise_attention_failure("cure pass")
         else:
-            latent_hw = tuple(self.foundation_hooks.predictions[0][0].shape[-2:])
+            latent_hw = tuple(self.foundation_predictions[0][0].shape[-2:])
             coverage = torch.stack([to_latent(m, latent_hw) for m in masks])[:, None]
             weight_map = self.options.blend_weight * coverage
-            hooks = BlendHooks(self.foundation_hooks.predictions, weight_map, self.options.blend_start)
+            hooks = BlendHooks(self.foundation_predictions, weight_map, self.options.blend_start)
             yield hooks
             if hooks.misses:
                 self.notes.append(f"noise blending: {hooks.misses} call(s) had no foundation prediction")
@@ -374,12 +410,11 @@ class CureSession:
     # --- summary --------------------------------------------------------------------------------------
 
     def result(self, latents: Tensor) -> CureResult:
-        maps = self.recorder.maps() if self.recorder is not None else {}
         return CureResult(
             latents=latents,
             foundation_images=self.foundation_images,
             masks=self.masks,
-            maps=maps,
+            maps=self.maps,
             notes=self.notes,
             bank_bytes=self.bank.nbytes if self.bank is not None else 0,
             bank_misses=self.bank.misses if self.bank is not None else 0,
@@ -405,10 +440,13 @@ def run_freecure(
     foundation_prompts: Sequence[str] | None = None,
     models_dir: str | Path | None = None,
     masks: Sequence[Tensor] | None = None,
+    foundation_cache: FoundationCache | None = None,
+    foundation_key: str | None = None,
 ) -> CureResult:
     """foundation -> masks -> cure -> APG on a host that runs every pass itself.
 
-    ``masks`` (one 2-D mask per image) replaces the mask stage. Any failure raises :class:`CureError`
+    ``masks`` (one 2-D mask per image) replaces the mask stage; ``foundation_cache`` and ``foundation_key`` (a
+    digest of every input of the foundation pass) reuse an earlier foundation (see ``CureSession.foundation``). Any failure raises :class:`CureError`
     (the cause chained) with nothing left installed on the model.
     """
     session = CureSession(
@@ -422,7 +460,7 @@ def run_freecure(
     )
     stage = "foundation pass"
     try:
-        session.foundation()
+        session.foundation(foundation_cache, foundation_key)
         stage = "masks"
         if masks is None:
             session.build_masks()

@@ -16,7 +16,7 @@ def debug_images(session: CureSession, pass_label: str = "") -> list[tuple[Image
     ``pass_label`` ("low-res", "hi-res") tells the hires-fix passes apart."""
     if session.foundation_images is None:
         return []
-    maps: dict[str, Any] = session.recorder.maps() if session.recorder is not None else {}
+    maps: dict[str, Any] = session.maps
     items = []
     for index, tensor in enumerate(session.foundation_images):
         # Truncated like the WebUI's own conversion, so the image matches a plain identity-free generation.
