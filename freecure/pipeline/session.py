@@ -446,8 +446,8 @@ def run_freecure(
     """foundation -> masks -> cure -> APG on a host that runs every pass itself.
 
     ``masks`` (one 2-D mask per image) replaces the mask stage; ``foundation_cache`` and ``foundation_key`` (a
-    digest of every input of the foundation pass) reuse an earlier foundation (see ``CureSession.foundation``). Any failure raises :class:`CureError`
-    (the cause chained) with nothing left installed on the model.
+    digest of every input of the foundation pass) reuse an earlier foundation (see ``CureSession.foundation``).
+    Any failure raises :class:`CureError` (the cause chained) with nothing left installed on the model.
     """
     session = CureSession(
         host,

@@ -21,9 +21,11 @@ from freecure.identity import IDENTITY_TAG_KINDS, foundation_prompt
 from freecure.options import Options, OptionsError
 from freecure.parsing import free_models
 from freecure.pipeline import CureError, CureInterrupted, CureSession, plan_cure
+from freecure.pipeline.foundation_cache import FoundationCache
 from freecure.webui import hosts, leftovers, settings
 from freecure.webui.controls import options_from_script_args
 from freecure.webui.debug import debug_images
+from freecure.webui.foundation_key import foundation_key
 from freecure.webui.leftovers import release_leftovers
 from freecure.webui.xyz import merged_overrides
 
@@ -31,6 +33,17 @@ STATE_ATTR = "_freecure_job"
 NOTES_KEY = "FreeCure notes"
 IDENTITY_KEY = "FreeCure identity off"
 ERROR_KEY = "FreeCure error"
+
+
+# Foundation passes kept for later jobs with the same inputs (X/Y/Z cells varying cure settings, a second
+# Generate): CPU memory, bounded by the settings page's size.
+_FOUNDATIONS = FoundationCache(0)
+
+
+def foundation_cache() -> FoundationCache | None:
+    """The cache at the size the settings page asks for now; None when it is off (0 MB)."""
+    _FOUNDATIONS.resize(settings.foundation_cache_bytes())
+    return _FOUNDATIONS if _FOUNDATIONS.max_bytes else None
 
 
 def report(message: str) -> None:
@@ -185,8 +198,12 @@ class Controller:
         for note in session.notes:
             state.note(p, note)
 
+        cache = foundation_cache()
+        key = None if cache is None else foundation_key(
+            p, options, x=x, noise=noise, is_hires=is_hires, foundation_prompts=[f.text for f in cleaned],
+            negative_prompts=negatives, cfg_scale=cfg_scale, phrases=session.plan.phrases, embeddings=embeddings)
         shared.state.textinfo = "FreeCure: foundation pass (identity off)"
-        ran = session.foundation() is not None
+        ran = session.foundation(cache, key) is not None
         if ran:
             shared.state.nextjob()
             session.build_masks()

@@ -10,6 +10,8 @@ import os
 from typing import Any
 
 SECTION = ("freecure", "FreeCure")
+# An SD1.5 foundation at 512 px holds about 0.5 GB (its K/V bank), an SDXL one at 1024 px about 2.6 GB.
+FOUNDATION_CACHE_MB = 4096
 DEFAULTS_FROM_SETTINGS = {
     "face_parser": "freecure_face_parser",
     "debug_images": "freecure_debug_images",
@@ -31,8 +33,22 @@ def register() -> None:
         "", "Folder of face-parser weights (empty: the WebUI's GFPGAN models folder)", section=SECTION))
     shared.opts.add_option("freecure_allow_download", shared.OptionInfo(
         False, "Allow downloading missing face-parser weights", gr.Checkbox, section=SECTION))
+    shared.opts.add_option("freecure_foundation_cache_mb", shared.OptionInfo(
+        FOUNDATION_CACHE_MB, "Memory for reusing foundation passes across jobs with the same inputs, in MB of CPU"
+        " memory (0: off)", gr.Slider, {"minimum": 0, "maximum": 65536, "step": 256}, section=SECTION))
     shared.opts.add_option("freecure_debug_images", shared.OptionInfo(
         False, "Show the foundation image, masks and attention maps by default", gr.Checkbox, section=SECTION))
+
+
+def foundation_cache_bytes() -> int:
+    """The foundation cache's size from the settings page (FOUNDATION_CACHE_MB until the user sets it)."""
+    from modules import shared
+
+    value = (getattr(shared.opts, "data", {}) or {}).get("freecure_foundation_cache_mb", FOUNDATION_CACHE_MB)
+    try:
+        return max(0, int(float(value) * 2**20))
+    except (TypeError, ValueError):
+        return FOUNDATION_CACHE_MB * 2**20
 
 
 def setting_defaults() -> dict[str, Any]:
