@@ -46,7 +46,7 @@ UNET_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
 }
 
-BASE_METHODS = ("fasa", "blend", "fasa+apg")
+BASE_METHODS = ("fasa", "blend", "fasa+apg", "fasa+reused")
 SWEEP_METHODS = ("fasa",)
 
 

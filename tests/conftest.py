@@ -17,9 +17,6 @@ def webui(request: pytest.FixtureRequest) -> Iterator:
     from webui_checks import EXTENSION_DIR, FAKE_ADAPTERS
     from webui_host import installed_host
 
-    from freecure.webui import controller
-
-    controller._FOUNDATIONS.clear()  # each test's jobs start without earlier tests' foundations
     with installed_host(request.param) as host:
         host.load_scripts(FAKE_ADAPTERS[host.kind], EXTENSION_DIR)
         yield host

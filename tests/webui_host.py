@@ -176,6 +176,9 @@ def installed_host(kind: str, family: str = "sd1") -> Iterator[WebUIHost]:
             from backend.stand_in_lora import ExtraNetworkLora
         host.extra_networks.register_extra_network(ExtraNetworkLora())
         host.load_model(family)
+        from freecure.webui import controller
+
+        controller._FOUNDATIONS.clear()  # a fresh WebUI process has no foundations of earlier jobs
         yield host
     finally:
         torch.set_num_threads(saved_threads)
