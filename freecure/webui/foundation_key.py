@@ -30,7 +30,9 @@ SAMPLING_FIELDS = (
     "hr_additional_modules", "hr_upscale_to_x", "hr_upscale_to_y", "latent_scale_mode",
     "override_settings", "extra_network_data", "hr_extra_network_data",
     "resize_mode", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert",
-    "mask_blur_x", "mask_blur_y",
+    "mask_blur_x", "mask_blur_y", "mask_round",
+    # img2img/inpaint: what the sampler blends toward and conditions on at every step, by content
+    "init_images", "image_mask", "init_latent", "mask", "nmask", "image_conditioning",
 )
 
 # Options the cure stage reads after the foundation pass; every other option is part of the key. Method and
