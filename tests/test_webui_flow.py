@@ -4,6 +4,8 @@ failures and residue."""
 
 from __future__ import annotations
 
+import inspect
+import sys
 from typing import Any
 
 import pytest
@@ -85,6 +87,36 @@ def test_foundation_pass_has_identity_off_and_cure_pass_on(webui: WebUIHost) -> 
     switched_off = params["FreeCure identity off"].split(", ")
     assert "lora:ohwx" in switched_off and "trigger:ohwx" in switched_off
     assert "adapter:IP-Adapter FaceID" in switched_off
+
+
+def test_foundation_conditioning_calls_fit_forge_neo_prompt_parser(webui: WebUIHost) -> None:
+    """Forge Neo's modules/prompt_parser.py (Haoming02 `neo`, as vendored in exo101/sd-webui-forge-neo-v3
+    de2193d, webui/modules/prompt_parser.py lines 163 and 252) dropped ``use_old_scheduling``:
+    ``get_learned_conditioning(model, prompts, steps, hires_steps=None)``. Every call FreeCure makes must bind
+    to that signature too (the real Neo raised TypeError and every cure there ended uncured)."""
+    parser = webui.prompt_parser
+    neo_signature = inspect.signature(lambda model, prompts, steps, hires_steps=None: None)
+    originals = {name: getattr(parser, name) for name in ("get_learned_conditioning",
+                                                          "get_multicond_learned_conditioning")}
+    calls: list[str] = []
+
+    def neo_form(name: str) -> Any:
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            if sys._getframe(1).f_globals.get("__name__", "").startswith("freecure"):
+                calls.append(name)
+                neo_signature.bind(*args, **kwargs)  # TypeError, as Neo's function raises it
+            return originals[name](*args, **kwargs)
+        return checked
+
+    for name in originals:
+        setattr(parser, name, neo_form(name))
+    try:
+        result = run(webui, CURE)
+    finally:
+        for name, function in originals.items():
+            setattr(parser, name, function)
+    assert "get_multicond_learned_conditioning" in calls, "the foundation pass encodes its own prompts"
+    assert "FreeCure notes" not in result.infotexts[0], result.infotexts[0]
 
 
 def test_cure_changes_the_image_and_nothing_is_left_behind(webui: WebUIHost) -> None:

@@ -187,12 +187,13 @@ class A1111Host:
         width, height = self.p.width, self.p.height
         if self.is_hires:
             width, height = self.p.hr_upscale_to_x, self.p.hr_upscale_to_y
-        use_old = getattr(shared.opts, "use_old_scheduling", False)
         positive = prompt_parser.SdConditioning(list(branch.prompts), width=width, height=height)
         negative = prompt_parser.SdConditioning(list(branch.negative_prompts), width=width, height=height,
                                                 is_negative_prompt=True)
-        c = prompt_parser.get_multicond_learned_conditioning(shared.sd_model, positive, steps, None, use_old)
-        uc = prompt_parser.get_learned_conditioning(shared.sd_model, negative, steps, None, use_old)
+        # (model, prompts, steps) only: Forge Neo dropped use_old_scheduling, which without hires_steps
+        # changes nothing on A1111 and Forge 2 (prompt_parser.get_learned_conditioning_prompt_schedules).
+        c = prompt_parser.get_multicond_learned_conditioning(shared.sd_model, positive, steps)
+        uc = prompt_parser.get_learned_conditioning(shared.sd_model, negative, steps)
         return c, uc
 
     @contextlib.contextmanager
