@@ -141,9 +141,11 @@ def cure(model, chunks, weight, cure_masks):
     return result
 
 
-def test_the_stand_in_is_found_as_flux(flux, model):
+def test_the_stand_in_is_found_as_flux(flux, model, monkeypatch):
     assert is_flux(model)
     assert list(joint_blocks(model))[:3] == [("double", 0, 0), ("double", 1, 0), ("single", 0, 0)]
+    monkeypatch.setattr(model, "global_modulation", True, raising=False)  # Neo's Flux.2 flag
+    assert not is_flux(model)
 
 
 @pytest.mark.parametrize("chunks", [[1, 0], [0]])  # real CFG (uncond first, as Forge batches), distilled

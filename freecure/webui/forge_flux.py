@@ -32,8 +32,11 @@ _ABSENT = object()
 
 
 def is_flux(diffusion_model: nn.Module) -> bool:
-    """A joint-attention DiT with Forge's block names (FLUX.1, Flux.2, Chroma: ``backend/nn/flux.py`` blocks)."""
-    return bool(joint_blocks(diffusion_model))
+    """FLUX.1 (dev, schnell): Forge's joint-attention blocks with per-block modulation and a pooled-CLIP
+    ``vector_in``. Flux.2 (Neo's flux.py with ``global_modulation``) and Chroma (``IntegratedChroma...``,
+    no ``vector_in``) share the blocks but not the conditioning FreeCure was checked against: not these."""
+    return (bool(joint_blocks(diffusion_model)) and hasattr(diffusion_model, "vector_in")
+            and not getattr(diffusion_model, "global_modulation", False))
 
 
 class _CallState:
