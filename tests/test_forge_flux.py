@@ -203,3 +203,20 @@ class T5Chunks:
 def test_t5_token_columns():
     columns = t5_token_columns(T5Chunks(), "a woman with red hair", {"hair": ("red hair",), "hat": ("hat",)})
     assert columns == {"hair": [3, 4], "hat": []}
+
+
+def forge_job(diffusion_model):
+    unet = SimpleNamespace(model=SimpleNamespace(diffusion_model=diffusion_model))
+    sd_model = SimpleNamespace(forge_objects=SimpleNamespace(unet=unet))
+    return SimpleNamespace(sd_model=sd_model, refiner_checkpoint=None, enable_hr=False, scripts=None, script_args=(),
+                           get_token_merging_ratio=lambda for_hr=False: 0)
+
+
+def test_a_forge_flux_job_is_family_flux_and_not_skipped(model, monkeypatch):
+    from freecure.webui import hosts
+
+    job = forge_job(model)
+    assert hosts.model_family(job.sd_model) == "flux"
+    assert hosts.unsupported_reason(job) is None
+    monkeypatch.setattr(model, "global_modulation", True, raising=False)  # Flux.2 in Neo's flux.py
+    assert "nor FLUX joint-attention blocks" in hosts.unsupported_reason(job)
