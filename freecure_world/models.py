@@ -99,9 +99,12 @@ class MergedLora:
     """The identity switch of the reference host: LoRA merged into the weights (identity on) or the
     original weights restored exactly (identity off)."""
 
-    def __init__(self, targets: dict[str, nn.Linear], deltas: dict[str, Tensor], weight: float) -> None:
+    def __init__(
+        self, targets: dict[str, nn.Linear], deltas: dict[str, Tensor], weight: float,
+        originals: dict[str, Tensor] | None = None,
+    ) -> None:  # fmt: skip
         self.targets, self.deltas, self.weight = targets, deltas, weight
-        self.originals = {name: module.weight.detach().clone() for name, module in targets.items()}
+        self.originals = originals or {name: module.weight.detach().clone() for name, module in targets.items()}
 
     def __call__(self, on: bool) -> None:
         with torch.no_grad():
@@ -117,6 +120,11 @@ class WorldModel:
     text_encoder: ClipTextEncoder
     lora: dict[str, Tensor]
 
+    def __post_init__(self) -> None:
+        self.targets = lora_targets(self.unet, self.text_encoder)
+        self.deltas = lora_deltas(self.lora, self.targets)
+        self.base_weights = {name: module.weight.detach().clone() for name, module in self.targets.items()}
+
     def decode(self, latents: Tensor) -> Tensor:
         """Latents -> images (B, 3, 64, 64) in [0, 1]."""
         with torch.no_grad():
@@ -125,12 +133,11 @@ class WorldModel:
 
     def host(self, *, seed: int, steps: int = 20, lora_weight: float = 1.0, sampler: str = "euler",
              batch_size: int = 1) -> DiffusersHost:
-        """The reference host on this model; identity = the LoRA merged at ``lora_weight`` (0: no LoRA)."""
-        identity = None
-        if lora_weight:
-            targets = lora_targets(self.unet, self.text_encoder)
-            identity = MergedLora(targets, lora_deltas(self.lora, targets), lora_weight)
-            identity(True)
+        """The reference host on this model; identity = the LoRA merged at ``lora_weight`` (0: no LoRA).
+        Every host starts from the base weights, whatever an earlier host left merged."""
+        switch = MergedLora(self.targets, self.deltas, lora_weight, self.base_weights)
+        switch(bool(lora_weight))
+        identity = switch if lora_weight else None
         return DiffusersHost(
             self.unet, family="sd1", steps=steps, sampler=sampler, batch_size=batch_size,
             latent_hw=(LATENT_SIZE, LATENT_SIZE), seed=seed, text_encoder=self.text_encoder,

@@ -92,9 +92,9 @@ def train_base(portraits: list[world.Portrait], latents: Tensor, steps: int, log
     unet, text = build_unet(), build_text_encoder()
     ema = {name: p.detach().clone() for name, p in [*unet.named_parameters(), *text.named_parameters()]}
     params = [*unet.parameters(), *text.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / 200) * 0.5 * (1 + math.cos(math.pi * s / steps))
+        optimizer, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps))
     )
     gen = torch.Generator().manual_seed(SEED + 2)
     rng = random.Random(SEED + 3)
@@ -109,7 +109,7 @@ def train_base(portraits: list[world.Portrait], latents: Tensor, steps: int, log
         nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
-        decay = min(0.998, (1 + step) / (10 + step))
+        decay = min(0.99, (1 + step) / (10 + step))
         with torch.no_grad():
             for name, p in [*unet.named_parameters(), *text.named_parameters()]:
                 ema[name].mul_(decay).add_(p.detach(), alpha=1 - decay)
@@ -184,9 +184,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "weights")
     parser.add_argument("--portraits", type=int, default=6000)
-    parser.add_argument("--vae-steps", type=int, default=800)
-    parser.add_argument("--base-steps", type=int, default=2000)
-    parser.add_argument("--lora-steps", type=int, default=200)
+    parser.add_argument("--vae-steps", type=int, default=400)
+    parser.add_argument("--base-steps", type=int, default=450)
+    parser.add_argument("--lora-steps", type=int, default=120)
     parser.add_argument("--lora-rank", type=int, default=4)
     args = parser.parse_args()
     torch.set_num_threads(1)
