@@ -103,3 +103,22 @@ def test_merged_lora_switches_off_to_the_original_weights_exactly(weight):
     assert all(torch.equal(before[n], m.weight) for n, m in targets.items())
     with pytest.raises(ValueError, match="LoRA: keys for layers"):
         models.lora_deltas({**state, "lora_unet_nowhere.alpha": torch.tensor(1.0)}, targets)
+
+
+def test_every_world_host_starts_from_the_base_weights():
+    """A host leaves the LoRA merged (identity on) after its passes; the next host must not stack on it."""
+    torch.manual_seed(0)
+    unet, text = models.build_unet(), models.build_text_encoder()
+    state = {}
+    for name, module in models.lora_targets(unet, text).items():
+        state[f"{name}.lora_down.weight"] = torch.randn(2, module.in_features)
+        state[f"{name}.lora_up.weight"] = torch.randn(module.out_features, 2)
+    model = models.WorldModel(unet, models.build_vae(), text, state)
+    base = {name: module.weight.clone() for name, module in model.targets.items()}
+    model.host(seed=0, steps=2, lora_weight=1.0)
+    model.host(seed=0, steps=2, lora_weight=0.0)
+    assert all(torch.equal(base[n], m.weight) for n, m in model.targets.items())
+    model.host(seed=0, steps=2, lora_weight=0.5)
+    merged = {n: m.weight.clone() for n, m in model.targets.items()}
+    model.host(seed=0, steps=2, lora_weight=0.5)
+    assert all(torch.equal(merged[n], m.weight) for n, m in model.targets.items())
