@@ -8,6 +8,7 @@ columns of an attribute phrase are where its token ids occur as a contiguous run
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 CHUNK_LENGTH = 77
 
@@ -54,3 +55,61 @@ def phrase_columns(
             columns.update(found)
         result[name] = sorted(columns)
     return result
+
+
+@dataclass(frozen=True)
+class RowColumns:
+    """Columns of one conditional row over the schedule: ``(end_at_step, columns)`` entries in step order.
+
+    At denoiser step ``s`` a row's context is the text of the first entry with ``s <= end_at_step``, or of the
+    first entry when none is (how ``modules/prompt_parser.py``'s ``reconstruct_multicond_batch`` picks it).
+    """
+
+    schedule: tuple[tuple[int, Mapping[str, tuple[int, ...]]], ...]
+
+    def at(self, step: int) -> Mapping[str, tuple[int, ...]]:
+        for end_at_step, columns in self.schedule:
+            if step <= end_at_step:
+                return columns
+        return self.schedule[0][1] if self.schedule else {}
+
+
+def scheduled_columns(schedule: Sequence[tuple[int, str]],
+                      columns_of: Callable[[str], Mapping[str, Sequence[int]]]) -> RowColumns:
+    """A row's columns from its prompt schedule ``[(end_at_step, text), ...]``; empty column lists dropped."""
+    entries = []
+    for end_at_step, text in schedule:
+        found = {name: tuple(cols) for name, cols in columns_of(text).items() if cols}
+        entries.append((int(end_at_step), found))
+    return RowColumns(tuple(entries))
+
+
+class PromptColumns:
+    """Columns of the attribute words for every conditional row of a pass.
+
+    ``rows[image][part]``: the row of one AND sub-prompt of one image (a prompt without AND has one part).
+    ``every_row``: columns for rows not in ``rows`` (all rows of a pass whose rows share one context layout).
+    """
+
+    def __init__(self, rows: Sequence[Sequence[RowColumns]] = (),
+                 every_row: Mapping[str, Sequence[int]] | None = None) -> None:
+        self.rows = tuple(tuple(parts) for parts in rows)
+        self.every_row = RowColumns(((0, {n: tuple(c) for n, c in (every_row or {}).items() if c}),))
+
+    def at(self, image: int, part: int, step: int) -> Mapping[str, tuple[int, ...]]:
+        """name -> columns of that row's context at denoiser ``step`` (names not in it are absent)."""
+        if image < len(self.rows) and part < len(self.rows[image]):
+            return self.rows[image][part].at(step)
+        return self.every_row.at(step)
+
+    def names(self, image: int | None = None) -> tuple[str, ...]:
+        """Names with columns in some row (of ``image``) at some step, in order of first appearance."""
+        if image is None:
+            rows = [row for parts in self.rows for row in parts] + [self.every_row]
+        else:
+            rows = list(self.rows[image]) if image < len(self.rows) else [self.every_row]
+        found: dict[str, None] = {}
+        for row in rows:
+            for _, columns in row.schedule:
+                found.update(dict.fromkeys(columns))
+        return tuple(found)

@@ -178,8 +178,9 @@ class AttentionEngine:
             return
         cond = [row for row, role in enumerate(rows) if role.cond]
         if cond:
-            images = [rows[row].image for row in cond]
-            self._recorder.observe(q[cond], k[cond], heads, scale, images, grid, self.latent_hw)
+            # The call index is the WebUI denoiser's ``step``: the prompt schedule entry each row's context is from.
+            roles = [rows[row] for row in cond]
+            self._recorder.observe(q[cond], k[cond], heads, scale, roles, self.call_index, grid, self.latent_hw)
 
     def fasa_rows(
         self,

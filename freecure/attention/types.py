@@ -16,16 +16,20 @@ SECTIONS = UNET_SECTIONS + DIT_SECTIONS  # also the execution order
 
 @dataclass(frozen=True)
 class RowRole:
-    """Role of one batch row in one denoiser call: conditional or not, and which image it belongs to."""
+    """Role of one batch row in one denoiser call: conditional or not, which image it belongs to, and for a
+    conditional row which AND sub-prompt of the image's prompt is its context (``part``, 0 without AND)."""
 
     cond: bool
     image: int
+    part: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.cond, bool):
             raise TypeError(f"RowRole.cond must be a bool, got {self.cond!r}")
         if isinstance(self.image, bool) or not isinstance(self.image, int) or self.image < 0:
             raise ValueError(f"RowRole.image must be an int >= 0, got {self.image!r}")
+        if isinstance(self.part, bool) or not isinstance(self.part, int) or self.part < 0:
+            raise ValueError(f"RowRole.part must be an int >= 0, got {self.part!r}")
 
 
 def check_layer_key(key: object, field: str) -> LayerKey:

@@ -30,7 +30,7 @@ from freecure.attention import (
     diffusers_layer_keys,
     intercept_diffusers,
 )
-from freecure.tokens import CHUNK_LENGTH, phrase_columns
+from freecure.tokens import CHUNK_LENGTH, PromptColumns, phrase_columns, scheduled_columns
 
 from .host import Branch, CallHooks, CureInterrupted, SamplerFn
 
@@ -186,6 +186,11 @@ class DiffusersHost:
 
     def token_columns(self, prompt: str, phrases: Mapping[str, Sequence[str]]) -> dict[str, list[int]]:
         return phrase_columns([self.text_encoder.chunk(prompt)], self.text_encoder.tokenize, phrases)
+
+    def prompt_columns(self, prompts: Sequence[str], phrases: Mapping[str, Sequence[str]]) -> PromptColumns:
+        """One conditional row per image, its prompt encoded as it is (no prompt syntax here)."""
+        return PromptColumns([[scheduled_columns([(0, prompt)], partial(self.token_columns, phrases=phrases))]
+                              for prompt in prompts])
 
     def check_interrupt(self) -> None:
         if self.interrupted:

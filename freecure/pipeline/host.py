@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from freecure.attention import LayerKey, RowRole
+from freecure.tokens import PromptColumns
 
 if TYPE_CHECKING:
     from freecure.attention import AttentionEngine
@@ -101,8 +102,12 @@ class Host(Protocol):
         """Decode latents to images (B, 3, H, W) with values in [0, 1]."""
 
     def token_columns(self, prompt: str, phrases: Mapping[str, Sequence[str]]) -> dict[str, list[int]]:
-        """Context columns of each attribute's phrases in the encoded ``prompt`` (name -> columns);
-        an attribute whose words are not found maps to an empty list."""
+        """Context columns of each attribute's phrases in one encoded text (name -> columns), as the text
+        encoder chunks it; an attribute whose words are not found maps to an empty list."""
+
+    def prompt_columns(self, prompts: Sequence[str], phrases: Mapping[str, Sequence[str]]) -> PromptColumns:
+        """The columns of every conditional row a pass over ``prompts`` (one per image) sees: per image, per
+        sub-prompt and per prompt-schedule entry, as the host builds each row's conditioning."""
 
     def check_interrupt(self) -> None:
         """Raise :class:`CureInterrupted` when the user interrupted or skipped the generation."""

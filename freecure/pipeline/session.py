@@ -222,15 +222,20 @@ class CureSession:
         if self.options.method == "fasa":
             # Stored in the dtype attention computes in: the weights' storage dtype (FP8, NF4, GGUF) is not it.
             self.bank = KVBank(dtype=None, offload=self.options.offload_bank, device_budget=bank_device_budget)
-        columns = self.host.token_columns(self.foundation_branch.prompts[0], self.plan.phrases)
-        found = {name: cols for name, cols in columns.items() if cols}
+        # Each conditional row (image, AND sub-prompt, prompt-schedule entry) is matched with its own columns.
+        columns = self.host.prompt_columns(self.foundation_branch.prompts, self.plan.phrases)
+        found = columns.names()
         for name in self.plan.attributes:
             if name not in found:
                 self.notes.append(f"{name}: its words were not found in the encoded prompt, no attention map")
+        for image in range(len(self.foundation_branch.prompts)):
+            missing = [name for name in found if name not in columns.names(image)]
+            if missing:
+                self.notes.append(f"image {image}: {', '.join(missing)}: not in this image's prompt, no attention map")
         # Maps from the decoder layers FASA uses by default (the paper's maps come from 32x32 decoder
         # layers): a third of SD1's cross-attention layers, and the cost of recording with them.
         map_layers = preset_layers("default", self.host.layer_keys(), self.host.family)
-        recorder = CrossAttentionRecorder(found, layers=map_layers) if found else None
+        recorder = CrossAttentionRecorder(columns, layers=map_layers) if found else None
         # Predictions are a few latents per call: kept for a cached record too, so that a later cell of a
         # method sweep can blend from it.
         hooks = FoundationHooks(self.engine, keep_predictions=needs_predictions or cache is not None)
@@ -280,7 +285,8 @@ class CureSession:
         self.masks = []
         for index in range(images.shape[0]):
             parse = self._parse(images[index])
-            image_maps = {name: m[index].numpy() for name, m in maps.items() if index < m.shape[0]}
+            # Softmax probabilities are positive: an all-zero map is an image whose rows lacked the words.
+            image_maps = {name: m[index].numpy() for name, m in maps.items() if index < m.shape[0] and m[index].any()}
             masks = build_masks(
                 self.plan.attributes,
                 parts_of,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from freecure.attention import (
     intercept_modules,
 )
 from freecure.pipeline.host import Branch, CallHooks, CureInterrupted
-from freecure.tokens import phrase_columns
+from freecure.tokens import PromptColumns, phrase_columns, scheduled_columns
 from freecure.webui.hosts import attention_modules, model_family
 from freecure.webui.identity import IdentitySwitch
 from freecure.webui.leftovers import release_leftovers
@@ -76,7 +77,7 @@ class CallRouter:
             release_leftovers()
             return
         self._x_t, self._sigma = self.latents(params)
-        roles = [RowRole(cond=True, image=i) for i, count in enumerate(self.cond_counts) for _ in range(count)]
+        roles = [RowRole(cond=True, image=i, part=j) for i, count in enumerate(self.cond_counts) for j in range(count)]
         roles += [RowRole(cond=False, image=i) for i in range(self._x_t.shape[0])]
         # The denoiser's own call count over the calls it expects, as the WebUI's prompt schedules and CFG
         # options count (``state.sampling_step`` is set after each step: one step late).
@@ -301,6 +302,20 @@ class A1111Host:
         chunks, _ = embedder.tokenize_line(prompt)
         return phrase_columns([list(chunk.tokens) for chunk in chunks],
                               lambda text: embedder.tokenize([text])[0], phrases)
+
+    def prompt_columns(self, prompts: Sequence[str], phrases: Mapping[str, Sequence[str]]) -> PromptColumns:
+        """Rows as ``modules/prompt_parser.py`` builds them: ``get_multicond_prompt_list`` splits each prompt at
+        AND into sub-prompts (one conditional row each, weights stripped), and
+        ``get_learned_conditioning_prompt_schedules`` gives each sub-prompt's texts over the schedule
+        (``[from:to:when]``, ``[a|b]``), with the steps our passes' conditioning uses."""
+        from modules import prompt_parser
+
+        parts, flat, _ = prompt_parser.get_multicond_prompt_list(list(prompts))
+        # Called as _conds calls the conditioning: (prompts, steps), no hires steps.
+        schedules = prompt_parser.get_learned_conditioning_prompt_schedules(list(flat), self._total_steps())
+        columns_of = partial(self.token_columns, phrases=phrases)
+        rows = [scheduled_columns(schedule, columns_of) for schedule in schedules]
+        return PromptColumns([[rows[index] for index, _ in image_parts] for image_parts in parts])
 
     def check_interrupt(self) -> None:
         from modules import shared

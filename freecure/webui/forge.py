@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -97,12 +98,29 @@ def switch_identity_adapters_off(model_options: dict) -> None:
         options["controlnet_conditioning_modifiers"] = [m for m in modifiers if not _closes_over(m, face_embeddings)]
 
 
-def rows_of(transformer_options: dict, batch: int) -> list[RowRole]:
+def rows_of(transformer_options: dict, batch: int, announced: Sequence[RowRole] = ()) -> list[RowRole]:
     """Row roles of one Forge UNet call: ``cond_or_uncond`` lists its chunks (0 cond, 1 uncond), each with
-    one row per image, usually [uncond, cond]."""
+    one row per image, usually [uncond, cond].
+
+    With AND, ``backend/sampling/condition.py``'s ``compile_weighted_conditions`` makes one cond chunk per
+    sub-prompt position (zipping the images' sub-prompts: as many as the image with fewest has, from the
+    ``announced`` roles of the call), and ``calc_cond_uncond_batch`` pops the entries [part 0 .. K-1, uncond]
+    highest index first: a call holding every cond chunk has them in descending part order. When a low-memory
+    split spreads them over several calls, a chunk's part is not known: it gets a part no image has (no
+    row's columns). Without ``announced`` roles every cond chunk is part 0.
+    """
     chunks = transformer_options["cond_or_uncond"]
     per_chunk = batch // len(chunks)
-    return [RowRole(cond=kind == 0, image=i) for kind in chunks for i in range(per_chunk)]
+    counts = Counter(role.image for role in announced if role.cond)
+    parts, unknown = min(counts.values(), default=1), max(counts.values(), default=0)
+    whole = chunks.count(0) == parts
+    roles: list[RowRole] = []
+    for kind in chunks:
+        part = 0
+        if kind == 0:
+            part = parts - 1 - sum(1 for role in roles if role.cond) // per_chunk if whole else unknown
+        roles += [RowRole(cond=kind == 0, image=i, part=part) for i in range(per_chunk)]
+    return roles
 
 
 def make_patch(engine: AttentionEngine, layer: LayerKey, is_self: bool, previous: PatchFn | None) -> PatchFn:
@@ -125,7 +143,7 @@ def make_patch(engine: AttentionEngine, layer: LayerKey, is_self: bool, previous
             return original(q, k, v, options)
 
     def routed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, options: dict) -> torch.Tensor:
-        rows = rows_of(options, q.shape[0])
+        rows = rows_of(options, q.shape[0], engine.roles)
         heads, scale = options["n_heads"], options["dim_head"] ** -0.5
         grid = token_grid(engine.latent_hw, q.shape[1])
         if engine.mode == "recording":
@@ -176,12 +194,6 @@ class ForgeHost(A1111Host):
     @property
     def unet(self) -> torch.nn.Module:
         return self.p.sd_model.forge_objects.unet.model.diffusion_model
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The patcher's compute dtype: FLUX weights are often stored in fp8, NF4 or GGUF integers."""
-        computation = getattr(self.p.sd_model.forge_objects.unet.model, "computation_dtype", None)
-        return computation if isinstance(computation, torch.dtype) else super().dtype
 
     def layer_keys(self) -> list[LayerKey]:
         return list(joint_blocks(self.unet)) if is_flux(self.unet) else super().layer_keys()

@@ -1,0 +1,95 @@
+"""Attention maps read each conditional row's own token columns: AND sub-prompts (one row each), prompt
+editing (the schedule entry of the step) and per-image prompts of a batch, as the WebUI builds each row's
+conditioning (``modules/prompt_parser.py``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from webui_checks import CURE, freecure
+from webui_host import WebUIHost
+
+from freecure.options import Options
+from freecure.webui import hosts
+from freecure.webui.controller import STATE_ATTR
+
+PHRASES = {"hair": ("red hair",), "hat": ("hat",)}
+
+
+class _TextIndexModel:
+    """A model whose conditioning of a text is its index in ``texts``: reconstruct_multicond_batch then
+    says which text each row of a step is."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def get_learned_conditioning(self, texts: list[str]) -> torch.Tensor:
+        self.texts += texts
+        return torch.arange(len(self.texts) - len(texts), len(self.texts), dtype=torch.float32).view(-1, 1, 1)
+
+
+def _host(webui: WebUIHost, **fields: Any) -> Any:
+    p = webui.txt2img(prompt="a woman", steps=6, seed=3, **fields)
+    x = torch.zeros(1, 4, 8, 8)
+    return hosts.create_host(p, Options(enabled=True), x=x, noise=x, conditioning=None, unconditional=None,
+                             is_hires=False)
+
+
+@pytest.mark.parametrize("prompts", [
+    ["a woman with a hat AND red hair:0.6", "red hair, a woman AND a hat"],
+    ["a [woman:man:3] with [a hat:red hair:0.5] and [red hair|a hat]", "a woman with red hair"],
+    ["a woman, (red hair:1.2) BREAK a hat", "[a woman with red hair AND a hat::4] AND red hair"],
+])
+def test_every_cond_row_gets_the_columns_of_the_text_the_webui_encodes_for_it(
+    webui: WebUIHost, prompts: list[str]
+) -> None:
+    prompt_parser = webui.prompt_parser
+    host = _host(webui)
+    steps = host._total_steps()
+    columns = host.prompt_columns(prompts, PHRASES)
+    model = _TextIndexModel()
+    conditioning = prompt_parser.get_multicond_learned_conditioning(
+        model, prompt_parser.SdConditioning(prompts), steps)
+    differs_from_the_whole_line = 0
+    for step in range(steps):
+        conds_list, rows = prompt_parser.reconstruct_multicond_batch(conditioning, step)
+        for image, parts in enumerate(conds_list):
+            whole_line = {n: tuple(c) for n, c in host.token_columns(prompts[image], PHRASES).items() if c}
+            for part, (row, _) in enumerate(parts):
+                text = model.texts[int(rows[row, 0, 0])]
+                expected = {n: tuple(c) for n, c in host.token_columns(text, PHRASES).items() if c}
+                assert dict(columns.at(image, part, step)) == expected, (image, part, step, text)
+                differs_from_the_whole_line += expected != whole_line
+    assert differs_from_the_whole_line, "the prompts must make rows differ from the prompt read as one line"
+
+
+def _recorded_maps(webui: WebUIHost, prompt: Any, seed: int, **fields: Any) -> dict[str, torch.Tensor]:
+    p = webui.txt2img(prompt=prompt, steps=4, seed=seed, width=64, height=64, **fields)
+    webui.set_script_args(p, freecure(webui), [{**CURE, "attributes": "auto"}])
+    processed = webui.process(p)
+    assert "cure failed" not in processed.infotexts[0]
+    return getattr(p, STATE_ATTR).session.recorder.maps()
+
+
+def test_each_image_of_a_batch_is_mapped_with_its_own_prompt(webui: WebUIHost) -> None:
+    prompts = ["a photo of ohwx woman with red hair", "a photo of ohwx woman, smiling, with a hat and red hair"]
+    batch = _recorded_maps(webui, prompts, 5, batch_size=2)
+    for image, prompt in enumerate(prompts):
+        alone = _recorded_maps(webui, prompt, 5 + image)
+        assert torch.allclose(batch["hair"][image], alone["hair"][0], atol=1e-5), image
+
+
+def test_forge_cond_chunks_are_and_parts_in_descending_order() -> None:
+    from freecure.attention import RowRole
+    from freecure.webui.forge import rows_of
+
+    # Two images with two AND parts each; Forge pops [part 0, part 1, uncond] highest first.
+    announced = [RowRole(True, i, j) for i in range(2) for j in range(2)] + [RowRole(False, i) for i in range(2)]
+    rows = rows_of({"cond_or_uncond": [1, 0, 0]}, 6, announced)
+    assert rows == [RowRole(False, 0), RowRole(False, 1), RowRole(True, 0, 1), RowRole(True, 1, 1),
+                    RowRole(True, 0, 0), RowRole(True, 1, 0)]
+    split = rows_of({"cond_or_uncond": [0]}, 2, announced)
+    assert split == [RowRole(True, 0, 2), RowRole(True, 1, 2)], "a low-memory split: part unknown, no columns"
+    assert rows_of({"cond_or_uncond": [1, 0]}, 2) == [RowRole(False, 0), RowRole(True, 0)]
