@@ -32,6 +32,7 @@ class _TextIndexModel:
 
 def _host(webui: WebUIHost, **fields: Any) -> Any:
     p = webui.txt2img(prompt="a woman", steps=6, seed=3, **fields)
+    p.prompts, p.negative_prompts = ["a woman"], [""]  # what process_images sets per batch
     x = torch.zeros(1, 4, 8, 8)
     return hosts.create_host(p, Options(enabled=True), x=x, noise=x, conditioning=None, unconditional=None,
                              is_hires=False)
