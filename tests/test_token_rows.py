@@ -71,7 +71,7 @@ def _recorded_maps(webui: WebUIHost, prompt: Any, seed: int, **fields: Any) -> d
     webui.set_script_args(p, freecure(webui), [{**CURE, "attributes": "auto"}])
     processed = webui.process(p)
     assert "cure failed" not in processed.infotexts[0]
-    return getattr(p, STATE_ATTR).session.recorder.maps()
+    return getattr(p, STATE_ATTR).session.maps
 
 
 def test_each_image_of_a_batch_is_mapped_with_its_own_prompt(webui: WebUIHost) -> None:
