@@ -117,10 +117,3 @@ class CrossAttentionRecorder:
             counts = self._counts[image]
             stacked[image] = total.cpu() / counts.clamp(min=1)[:, None, None]
         return {name: stacked[:, i].contiguous() for i, name in enumerate(self.names)}
-
-    def image_maps(self, image: int) -> dict[str, Tensor]:
-        """The maps of one image, only of the names observed in it."""
-        counts = self._counts.get(image)
-        if counts is None:
-            return {}
-        return {name: m[image] for (name, m), count in zip(self.maps().items(), counts, strict=True) if count > 0}
