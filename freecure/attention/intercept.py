@@ -333,19 +333,30 @@ class _DiffusersProcessor:
 
 
 @contextmanager
-def _installed_processors(engine: AttentionEngine, unet: nn.Module, tracker: RowTracker) -> Iterator[None]:
-    previous = dict(unet.attn_processors)
-    keys = diffusers_layer_keys(unet)
-    replacement = dict(previous)
-    for module_name, (layer, is_self) in keys.items():
-        name = f"{module_name}.processor"
-        if name in previous and _diffusers_structure_is_plain(unet.get_submodule(module_name)):
-            replacement[name] = _DiffusersProcessor(engine, tracker, layer, is_self, previous[name])
+def processors_replaced(model: nn.Module, wrap: Callable[[dict[str, Any]], dict[str, Any]]) -> Iterator[None]:
+    """Diffusers attention processors replaced by ``wrap(previous)`` (name -> processor, only those it
+    changes) for the duration; on exit every module has its previous processor object back."""
+    previous = dict(model.attn_processors)
+    replacement = {**previous, **wrap(previous)}
     try:
-        unet.set_attn_processor(replacement)  # diffusers pops from the dict it is given: pass copies
+        model.set_attn_processor(replacement)  # diffusers pops from the dict it is given: pass copies
         yield
     finally:
-        unet.set_attn_processor(dict(previous))
+        model.set_attn_processor(dict(previous))
+
+
+def _installed_processors(
+    engine: AttentionEngine, unet: nn.Module, tracker: RowTracker
+) -> AbstractContextManager[None]:
+    def wrap(previous: dict[str, Any]) -> dict[str, Any]:
+        wrapped = {}
+        for module_name, (layer, is_self) in diffusers_layer_keys(unet).items():
+            name = f"{module_name}.processor"
+            if name in previous and _diffusers_structure_is_plain(unet.get_submodule(module_name)):
+                wrapped[name] = _DiffusersProcessor(engine, tracker, layer, is_self, previous[name])
+        return wrapped
+
+    return processors_replaced(unet, wrap)
 
 
 def intercept_diffusers(

@@ -7,8 +7,7 @@ previous processor unchanged, so an inert engine leaves the model's output bit f
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .engine import AttentionEngine
-from .intercept import RowTracker
+from .intercept import RowTracker, processors_replaced
 from .joint import joint_attention
 from .layers import joint_blocks
 from .types import LayerKey
@@ -92,24 +91,18 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
 
 
-@contextmanager
-def _installed(engine: AttentionEngine, transformer: nn.Module, tracker: RowTracker) -> Iterator[None]:
-    previous = dict(transformer.attn_processors)
-    names = {module: name for name, module in transformer.named_modules()}
-    replacement = dict(previous)
-    for layer, block in joint_blocks(transformer).items():
-        name = f"{names[block.attn]}.processor"
-        replacement[name] = _FluxProcessor(engine, tracker, layer, previous[name])
-    try:
-        transformer.set_attn_processor(replacement)  # diffusers pops from the dict it is given: pass copies
-        yield
-    finally:
-        transformer.set_attn_processor(dict(previous))
-
-
 def intercept_flux_diffusers(
     engine: AttentionEngine, transformer: nn.Module, tracker: RowTracker
 ) -> AbstractContextManager[None]:
     """Route the joint attention of every double- and single-stream block of a diffusers
     ``FluxTransformer2DModel``; on exit every module has its previous processor object back."""
-    return _installed(engine, transformer, tracker)
+    names = {module: name for name, module in transformer.named_modules()}
+
+    def wrap(previous: dict[str, Any]) -> dict[str, Any]:
+        wrapped = {}
+        for layer, block in joint_blocks(transformer).items():
+            name = f"{names[block.attn]}.processor"
+            wrapped[name] = _FluxProcessor(engine, tracker, layer, previous[name])
+        return wrapped
+
+    return processors_replaced(transformer, wrap)
