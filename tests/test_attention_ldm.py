@@ -18,6 +18,7 @@ from freecure.attention import (
     KVBank,
     RowRole,
     RowTracker,
+    forward_beneath,
     intercept_modules,
     layer_key_from_ldm_name,
 )
@@ -223,6 +224,33 @@ def test_planted_instance_forward_on_attn2_is_chained_and_restored(model):
     assert calls == [4, 4]
     assert attn2.__dict__["forward"] is planted
     assert all("forward" not in m.__dict__ for pair in modules.values() for m in pair if m is not attn2)
+
+
+def test_forward_beneath_replaces_the_chained_forward_and_keeps_ours(model):
+    """The planted forward is out for the block, ours stays on top and records; both are back after."""
+    modules = layer_modules(model)
+    attn2 = modules[("output", 0, 0)][1]
+    expected = model(*inputs(8))
+    attn2.forward = planted = lambda x, context=None, **kwargs: torch.zeros_like(x)
+
+    def class_forward(x, context=None, **kwargs):
+        return type(attn2).forward(attn2, x, context=context, **kwargs)
+
+    engine = AttentionEngine()
+    bank = KVBank()
+    with intercept_modules(engine, modules, RowTracker(engine)):
+        ours = attn2.__dict__["forward"]
+        with forward_beneath(attn2, class_forward):
+            assert attn2.__dict__["forward"] is ours
+            with engine.recording(bank, frozenset(modules), None):
+                engine.begin_call(ROLES, LATENT, 0.0)
+                assert torch.equal(model(*inputs(8)), expected), "the class forward ran beneath ours"
+        assert attn2.__dict__["forward"] is ours
+    assert attn2.__dict__["forward"] is planted
+    assert len(bank) == 2 * len(modules), "ours banked each layer for both conditional rows meanwhile"
+    with forward_beneath(attn2, class_forward):
+        assert torch.equal(model(*inputs(8)), expected), "without ours, it is the instance forward"
+    assert attn2.__dict__["forward"] is planted
 
 
 def test_our_failure_is_recorded_and_the_call_takes_the_original_path(model):

@@ -76,6 +76,35 @@ def foundation_image(webui: WebUIHost, units: tuple[str, ...]) -> Any:
     return image_tensor(result.images[index])
 
 
+def foundation_denoised(webui: WebUIHost, units: tuple[str, ...]) -> list[torch.Tensor]:
+    """The denoised latents after CFG of each foundation call: a difference in the last bit shows here, where
+    the 8-bit image would round it away."""
+    denoised: list[torch.Tensor] = []
+
+    def on_cfg_after_cfg(params: Any) -> None:
+        denoised.append(params.x.clone())
+
+    webui.script_callbacks.on_cfg_after_cfg(on_cfg_after_cfg)
+    try:
+        with CallProbe(webui, units=units).installed():
+            run(webui, CURE)
+    finally:
+        webui.script_callbacks.remove_callbacks_for_function(on_cfg_after_cfg)
+    return denoised[:STEPS]
+
+
+@pytest.mark.parametrize("kind", ["faceid", "instantid", "pulid"])
+def test_foundation_with_an_identity_adapter_runs_the_host_attention(webui: WebUIHost, kind: str) -> None:
+    """With every unit of a module switched off, the module runs the WebUI's own attention again (its
+    optimization), not ControlNet's hacked forward with nothing to add: bit for bit the job without the unit."""
+    if kind not in NAMED[webui.kind]:
+        pytest.skip(f"{webui.kind} has no {kind} adapter")
+    webui.shared.opts.data["freecure_foundation_cache_mb"] = 0  # both jobs sample their foundation
+    with_unit, without = foundation_denoised(webui, (kind,)), foundation_denoised(webui, ())
+    assert len(with_unit) == STEPS
+    assert all(torch.equal(a, b) for a, b in zip(with_unit, without, strict=True))
+
+
 @pytest.mark.parametrize("kind", ["faceid", "faceid_plus_v2", "instantid", "pulid"])
 def test_foundation_with_an_identity_adapter_is_the_foundation_without_it(webui: WebUIHost, kind: str) -> None:
     """Switched off means gone: the foundation image is bit-identical to that of the same job without the unit

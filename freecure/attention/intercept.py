@@ -176,45 +176,43 @@ def _plain_ldm_call(args: tuple, kwargs: dict) -> tuple[Tensor, Tensor | None] |
     return None
 
 
-def _ldm_forward(
-    engine: AttentionEngine,
-    tracker: RowTracker,
-    layer: LayerKey,
-    is_self: bool,
-    module: nn.Module,
-    previous: Callable[..., Tensor] | None,
-    kv_inputs: KVInputs,
-) -> Callable[..., Tensor]:
-    """Instance forward for one module; ``previous`` is the instance forward found there, if any."""
+class _ModuleForward:
+    """The instance forward of one module. ``previous`` is the instance forward found there (None: the class
+    forward, looked up at call time, since the WebUI swaps it with its optimizers); ``forward_beneath`` may
+    replace it for a while."""
 
-    def call_previous(*args: Any, **kwargs: Any) -> Tensor:
-        if previous is None:  # the class forward, looked up now: the WebUI swaps it with its optimizers
-            return type(module).forward(module, *args, **kwargs)
-        return previous(*args, **kwargs)
+    def __init__(self, engine: AttentionEngine, tracker: RowTracker, layer: LayerKey, is_self: bool,
+                 module: nn.Module, previous: Callable[..., Tensor] | None, kv_inputs: KVInputs) -> None:
+        self.engine, self.tracker, self.layer, self.is_self = engine, tracker, layer, is_self
+        self.module, self.previous, self.kv_inputs = module, previous, kv_inputs
 
-    def forward(*args: Any, **kwargs: Any) -> Tensor:
-        if not engine.wants(layer, is_self):
-            return call_previous(*args, **kwargs)
+    def call_previous(self, *args: Any, **kwargs: Any) -> Tensor:
+        if self.previous is None:
+            return type(self.module).forward(self.module, *args, **kwargs)
+        return self.previous(*args, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
+        if not self.engine.wants(self.layer, self.is_self):
+            return self.call_previous(*args, **kwargs)
         plain_call = _plain_ldm_call(args, kwargs)
         if plain_call is None:
-            return call_previous(*args, **kwargs)
+            return self.call_previous(*args, **kwargs)
         x, context = plain_call
         return _route(
-            engine,
-            tracker,
-            layer,
-            is_self,
-            module,
+            self.engine,
+            self.tracker,
+            self.layer,
+            self.is_self,
+            self.module,
             x,
             context,
-            lambda: call_previous(*args, **kwargs),
+            lambda: self.call_previous(*args, **kwargs),
             lambda x_rows, context_rows: (
-                call_previous(x_rows) if context_rows is None else call_previous(x_rows, context=context_rows)
+                self.call_previous(x_rows) if context_rows is None
+                else self.call_previous(x_rows, context=context_rows)
             ),
-            kv_inputs,
+            self.kv_inputs,
         )
-
-    return forward
 
 
 _ABSENT = object()
@@ -239,7 +237,7 @@ def _installed_module_forwards(
                 seen.add(id(module))
                 previous = module.__dict__.get("forward", _ABSENT)
                 saved.append((module, previous))
-                module.__dict__["forward"] = _ldm_forward(
+                module.__dict__["forward"] = _ModuleForward(
                     engine, tracker, layer, is_self, module, None if previous is _ABSENT else previous, kv_inputs
                 )
         yield
@@ -263,6 +261,29 @@ def intercept_modules(
     module's instance ``forward`` is exactly as before: the same object, or absent.
     """
     return _installed_module_forwards(engine, modules, tracker, kv_inputs)
+
+
+@contextmanager
+def forward_beneath(module: nn.Module, forward: Callable[..., Tensor]) -> Iterator[None]:
+    """For the duration, ``module`` runs ``forward`` where it ran its instance forward: beneath our interceptor
+    when one is installed (which stays and keeps routing), else as the module's instance forward. The host side
+    uses it to take another extension's forward out for a pass without taking ours out with it."""
+    installed = module.__dict__.get("forward", _ABSENT)
+    if isinstance(installed, _ModuleForward):
+        saved, installed.previous = installed.previous, forward
+        try:
+            yield
+        finally:
+            installed.previous = saved
+        return
+    module.__dict__["forward"] = forward
+    try:
+        yield
+    finally:
+        if installed is _ABSENT:
+            module.__dict__.pop("forward", None)
+        else:
+            module.__dict__["forward"] = installed
 
 
 def _diffusers_structure_is_plain(attn: nn.Module) -> bool:

@@ -13,6 +13,7 @@ import inspect
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from freecure.attention import forward_beneath
 from freecure.identity import IDENTITY_TAG_KINDS
 
 
@@ -46,6 +47,17 @@ def adapter_identity(hack: Any) -> str | None:
     if getattr(model, "is_faceid", False) is True:
         plus = " Plus" if getattr(model, "is_plus", False) is True else ""
         return f"IP-Adapter FaceID{plus}{' v2' if plus and getattr(model, 'is_v2', False) is True else ''}"
+    return None
+
+
+def hacked_from(module: Any, hacks: Iterable[Any]) -> Any:
+    """The forward a module ran before ControlNet put ``attn_forward_hacked`` on it: ControlNet keeps it in
+    ``all_hacks[module]`` (module-level in ``plugable_ipadapter.py``, where the module's ``hacks`` are defined),
+    to put it back after the job. None when the hacks do not lead there."""
+    for hack in hacks:
+        saved = getattr(inspect.unwrap(hack), "__globals__", {}).get("all_hacks")
+        if isinstance(saved, dict) and module in saved:
+            return saved[module]
     return None
 
 
@@ -139,11 +151,17 @@ class IdentitySwitch:
         try:
             for network, _all_params, kept in networks:
                 network.activate(self.p, kept)
-            for module, hacks in saved_hacks:
-                module.ipadapter_hacks = [h for h in hacks if not adapter_identity(h)]
-            for hook, params in saved_controls:
-                hook.control_params = [param for param in params if not is_identity_control(param)]
-            yield
+            with contextlib.ExitStack() as unhacked:
+                for module, hacks in saved_hacks:
+                    module.ipadapter_hacks = [h for h in hacks if not adapter_identity(h)]
+                    original = hacked_from(module, hacks) if not module.ipadapter_hacks else None
+                    if original is not None:
+                        # With nothing left to add, the hacked forward is plain SDPA, not the WebUI's own
+                        # attention: the job without the unit runs the forward ControlNet replaced.
+                        unhacked.enter_context(forward_beneath(module, original))
+                for hook, params in saved_controls:
+                    hook.control_params = [param for param in params if not is_identity_control(param)]
+                yield
         finally:
             # Back on in `finally`: the WebUI swallows exceptions in script hooks, and an identity left off would
             # silently give an identity-less main image.

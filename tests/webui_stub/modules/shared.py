@@ -26,6 +26,7 @@ _option_defaults = {
     "token_merging_ratio_hr": 0.0,
     "initial_noise_multiplier": 1.0,
     "upcast_attn": False,
+    "cross_attention_optimization": "Automatic",
     "eta_noise_seed_delta": 0,
     "randn_source": "CPU",
     "sgm_noise_multiplier": False,
