@@ -4,6 +4,7 @@ sample with exactly the patches the other extensions made for it, with or withou
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,18 +18,23 @@ HIRES = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "denoising
 
 
 class PatchProbe:
-    """Which of the other extension's patches ran in which pass: (pass, kind, the hook call it was made in)."""
+    """Which of the other extension's patches ran in which pass: (pass, kind, the hook call it was made in);
+    ``samplings``: per sampling run (a foundation, a cure or a plain pass), its pass and the patches it ran."""
 
     def __init__(self) -> None:
         self.calls = 0
         self.is_hires = False
         self.runs: set[tuple[str, str, int]] = set()
+        self.samplings: list[tuple[str, set[tuple[str, int]]]] = []
 
     def on_cfg_denoiser(self, params: Any) -> None:
         self.is_hires = bool(params.denoiser.p.is_hr_pass)
+        if params.denoiser.step == 0:  # each sampling run counts its denoiser calls from 0
+            self.samplings.append(("hi-res" if self.is_hires else "low-res", set()))
 
     def seen(self, kind: str, tag: int) -> None:
         self.runs.add(("hi-res" if self.is_hires else "low-res", kind, tag))
+        self.samplings[-1][1].add((kind, tag))
 
 
 @pytest.fixture
@@ -39,15 +45,20 @@ def forge() -> Iterator[WebUIHost]:
 
 
 def patches_run(host: WebUIHost, settings: dict | None) -> tuple[set, Any]:
+    probe = probed_run(host, settings)
+    return probe.runs, probe.result
+
+
+def probed_run(host: WebUIHost, settings: dict | None) -> PatchProbe:
     probe = PatchProbe()
     host.shared.fake_patches_probe = probe
     host.script_callbacks.on_cfg_denoiser(probe.on_cfg_denoiser)
     try:
-        result = run(host, settings, prompt="a photo of a woman with red hair", **HIRES)
+        probe.result = run(host, settings, prompt="a photo of a woman with red hair", **HIRES)
     finally:
         host.script_callbacks.remove_callbacks_for_function(probe.on_cfg_denoiser)
         host.shared.fake_patches_probe = None
-    return probe.runs, result
+    return probe
 
 
 @pytest.mark.parametrize("hires", ["low-res", "hi-res", "both"])
@@ -62,3 +73,21 @@ def test_other_extensions_hires_patches_survive_a_cure(forge: WebUIHost, hires: 
     captions = [text for text in result.infotexts if text.startswith("FreeCure foundation")]
     assert len(captions) == (2 if hires == "both" else 1), "one foundation per cured pass"
     assert cured == plain, "the foundation and cure passes run the same patches as the plain passes"
+
+
+@pytest.mark.parametrize("sorting_priority", [10, 20], ids=["before-freecure", "after-freecure"])
+def test_the_foundation_runs_the_patches_of_extensions_sorted_before_and_after_freecure(
+        tmp_path: Path, sorting_priority: int) -> None:
+    """Forge's extensions patch in ``process_before_every_sampling``, each in its turn: one sorted after
+    FreeCure (15) has patched only when the host's sampler starts, so the foundation may not sample earlier."""
+    late = tmp_path / "zz-patches"
+    shutil.copytree(HIRES_PATCHES, late)
+    script = late / "scripts" / "fake_hires_patches.py"
+    script.write_text(script.read_text().replace("sorting_priority = 10", f"sorting_priority = {sorting_priority}"))
+    with installed_host("forge") as host:
+        host.load_scripts(late, EXTENSION_DIR)
+        plain = probed_run(host, None).samplings
+        cured = probed_run(host, {**CURE, "hires": "both"}).samplings
+    assert [name for name, _ in plain] == ["low-res", "hi-res"] and all(runs for _, runs in plain)
+    foundations_and_cures = [(name, runs) for name, runs in plain for _ in range(2)]
+    assert cured == foundations_and_cures, "each pass's foundation and cure run that pass's patches"

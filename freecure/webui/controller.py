@@ -1,10 +1,10 @@
 """FreeCure's flow inside a WebUI job, from the script hooks.
 
-Per batch: ``process_before_every_sampling`` runs the foundation pass (identity off) with the WebUI's own
-sampler, builds the masks and leaves the cure hooks installed for the main sampling, which is the cure pass;
-``post_sample`` removes them and runs APG. A cure that cannot proceed leaves the main pass uncured and says
-why in the infotext and the console: the WebUI swallows exceptions raised in script hooks, so nothing here
-may rely on an exception reaching the user.
+Per batch and cured pass: when the WebUI's sampler starts (set up from ``process_before_every_sampling``), the
+foundation pass (identity off) runs with the WebUI's own sampler, the masks are built and the cure hooks stay
+installed for the main sampling, which is the cure pass; ``post_sample`` removes them and runs APG. A cure
+that cannot proceed leaves the main pass uncured and says why in the infotext and the console: the WebUI
+swallows exceptions raised in script hooks, so nothing here may rely on an exception reaching the user.
 """
 
 from __future__ import annotations
@@ -61,7 +61,6 @@ class JobState:
     host: Any = None
     apg_session: CureSession | None = None  # APG on a later, uncured pass's samples (hires=low-res)
     cure: contextlib.ExitStack | None = None
-    host_objects: Any = None  # Forge's forge_objects at the previous sampling hook
     debug: list[tuple[Any, str]] = field(default_factory=list)
 
     def note(self, p: Any, message: str) -> None:
@@ -136,18 +135,40 @@ class Controller:
         if failure is not None:
             state.note(p, f"{failure}: the first pass is partly cured")
         is_hires = bool(getattr(p, "is_hr_pass", False))
-        # Forge samples with forge_objects it set up afresh for the pass. Forge 2 calls this hook twice in the
-        # hires pass (modules/processing.py, sample_hr_pass): first still with the low-res pass's objects, then
-        # after resetting them; the pass samples on what the second call's extensions patched.
-        objects = getattr(p.sd_model, "forge_objects", None)
-        before_reset = objects is not None and objects is state.host_objects
-        state.host_objects = objects
-        if before_reset:
-            return
         if not selected_pass(state.options.hires, is_hires):
             if state.session is not None and state.session.plan.apg:
                 self._prepare_apg(p, state, x=x, noise=noise, c=c, uc=uc, is_hires=is_hires)
             return
+        self._start_when_sampling_starts(p, state, c=c, uc=uc, is_hires=is_hires)
+
+    def _start_when_sampling_starts(self, p: Any, state: JobState, *, c: Any, uc: Any, is_hires: bool) -> None:
+        """Run the foundation when the WebUI's sampler starts this pass, not in this hook: the extensions whose
+        hook runs after ours (Forge's patch the UNet here, and ``p.modified_noise`` may replace the noise) have
+        then done their part, so the foundation samples what the pass samples. A one-shot instance attribute on
+        this pass's sampler (``modules/processing.py`` creates it before the hook), gone at its first call.
+
+        Forge 2 calls this hook twice in the hires pass (``sample_hr_pass``: before and after resetting
+        ``forge_objects``), Forge Neo once: a later call's wrapper replaces an earlier one's."""
+        method = "sample_img2img" if is_hires else "sample"
+        sampler = getattr(p, "sampler", None)
+        installed = getattr(sampler, "__dict__", {}).get(method)
+        original = getattr(installed, "freecure_wraps", None) or getattr(sampler, method, None)
+        if original is None:
+            state.note(p, "the WebUI's sampler was not found; the image is uncured")
+            return
+
+        def sample(sampling_p: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            if sampler.__dict__.get(method) is sample:
+                del sampler.__dict__[method]
+            noise = args[0] if is_hires else x  # sample_img2img(p, x, noise, c, uc, ...); sample(p, x, c, uc, ...)
+            self._start_cure_or_note(p, state, x=x, noise=noise, c=c, uc=uc, is_hires=is_hires)
+            return original(sampling_p, x, *args, **kwargs)
+
+        sample.freecure_wraps = original
+        sampler.__dict__[method] = sample
+
+    def _start_cure_or_note(self, p: Any, state: JobState, *, x: torch.Tensor, noise: torch.Tensor, c: Any,
+                            uc: Any, is_hires: bool) -> None:
         try:
             self._start_cure(p, state, x=x, noise=noise, c=c, uc=uc, is_hires=is_hires)
         except CureInterrupted as stop:
