@@ -145,8 +145,8 @@ def test_lora_through_the_patcher_leaves_the_original_untouched(forge_host):
     model = host.shared.sd_model
     plain = host.process(host.txt2img(prompt="portrait")).images[0]
     with_lora = host.process(host.txt2img(prompt="portrait <lora:alice:0.8>")).images[0]
-    assert model.forge_objects_after_applying_lora.unet.patches
-    assert not model.forge_objects_original.unet.patches
+    assert model.forge_objects_after_applying_lora.unet.lora_patches
+    assert not model.forge_objects_original.unet.lora_patches
     again = host.process(host.txt2img(prompt="portrait")).images[0]
     assert with_lora.tobytes() != plain.tobytes() and again.tobytes() == plain.tobytes()
 

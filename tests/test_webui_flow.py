@@ -18,7 +18,7 @@ from webui_checks import (
     attention_hooked,
     freecure,
     image_tensor,
-    lora_active,
+    lora_in_place,
     module_state,
     run,
 )
@@ -221,7 +221,7 @@ def test_failure_right_after_identity_off_keeps_the_identity(webui: WebUIHost,
     failed = []
 
     def failing_once(name: str, model: Any) -> Any:
-        if not lora_active(webui) and not failed:  # identity is off right now
+        if not lora_in_place(webui) and not failed:  # identity is off right now
             failed.append(name)
             raise RuntimeError("planted failure")
         return original(name, model)

@@ -65,6 +65,24 @@ def plain_jobs(webui: WebUIHost, probe: FaultProbe, init_image: Any) -> list[tup
     return results
 
 
+def assert_as_before(before: list[tuple[torch.Tensor, int, dict]], after: list[tuple[torch.Tensor, int, dict]]) -> None:
+    for (image, calls, state), (image_after, calls_after, state_after) in zip(before, after, strict=True):
+        assert torch.equal(image, image_after), "the next plain image is bit-identical"
+        assert calls == calls_after, "every other extension's CFG callback still runs in every call"
+        assert state_after == state, "nothing of the cure is left after the next job"
+
+
+def test_a_cured_job_leaves_the_next_plain_jobs_as_before(host: tuple[WebUIHost, FaultProbe]) -> None:
+    """The plain jobs keep their identity LoRA: on Forge the cure's foundation loads the LoRA-free patcher, and
+    the next job's patcher must merge its LoRA again although the host reloads no network."""
+    webui, probe = host
+    init_image = run(webui, None).images[0]
+    before = plain_jobs(webui, probe, init_image)
+    result = run(webui, CURE)
+    assert "FreeCure notes" not in result.infotexts[0]
+    assert_as_before(before, plain_jobs(webui, probe, init_image))
+
+
 ERRORS: dict[str, tuple[Callable[[WebUIHost], BaseException], int]] = {
     # name -> (the error, the UNet call it is raised from: 4 steps, calls 1-4 are the foundation pass)
     "out of memory in the main pass": (lambda _: torch.OutOfMemoryError("CUDA out of memory"), 6),
@@ -84,8 +102,4 @@ def test_failure_inside_host_sampling_leaves_nothing_for_the_next_jobs(host: tup
     with pytest.raises(type(probe.error)):
         run(webui, CURE)
     probe.error = None
-    after = plain_jobs(webui, probe, init_image)
-    for (image, calls, state), (image_after, calls_after, state_after) in zip(before, after, strict=True):
-        assert torch.equal(image, image_after), "the next plain image is bit-identical"
-        assert calls == calls_after, "every other extension's CFG callback still runs in every call"
-        assert state_after == state, "nothing of the cure is left after the next job"
+    assert_as_before(before, plain_jobs(webui, probe, init_image))

@@ -23,11 +23,20 @@ CURE = {"enabled": True, "attributes": "hair", "mask_source": "attention", "trig
 
 
 def lora_active(host: WebUIHost) -> bool:
-    """Whether the identity LoRA is in the weights the UNet runs with right now."""
+    """Whether the identity LoRA is in the weights the UNet runs with right now (on Forge: the LoRA set the
+    model's ``LoraLoader`` merged when a patcher was last loaded)."""
     model = host.shared.sd_model
     if host.kind == "a1111":
         return bool(model.lora_patcher.active)
-    return bool(model.forge_objects.unet.patches)
+    return model.forge_objects.unet.lora_loader.loaded_hash != str([])
+
+
+def lora_in_place(host: WebUIHost) -> bool:
+    """Whether the patcher the next sampling loads carries the identity LoRA (A1111: the weights)."""
+    model = host.shared.sd_model
+    if host.kind == "a1111":
+        return bool(model.lora_patcher.active)
+    return bool(model.forge_objects.unet.lora_patches)
 
 
 def attention_hooked(host: WebUIHost) -> bool:

@@ -20,6 +20,9 @@ class TaggedControlNet:
     def set_previous_controlnet(self, controlnet):
         self.previous_controlnet = controlnet
 
+    def get_models(self):  # the control model patchers Forge loads with the UNet (ControlBase.get_models)
+        return [] if self.previous_controlnet is None else self.previous_controlnet.get_models()
+
     def get_control(self, x_noisy, t, cond, batched_number):
         shared.fake_patches_probe.seen("controlnet", self.tag)
         if self.previous_controlnet is not None:

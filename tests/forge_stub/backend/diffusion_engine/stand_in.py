@@ -12,6 +12,7 @@ from stand_in.text import ToyTextEncoder
 from stand_in.vae import ToyVAE
 from torch import nn
 
+from backend import memory_management
 from backend.diffusion_engine.base import ForgeDiffusionEngine, ForgeObjects
 from backend.modules.k_model import KModel
 from backend.modules.k_prediction import Prediction
@@ -47,14 +48,8 @@ class StandInEngine(ForgeDiffusionEngine):
         self.is_sdxl = sdxl
         diffusion_model = IntegratedUNet2DConditionModel(unet, sdxl)
         k_model = KModel(diffusion_model, Prediction(sd1_alphas_cumprod()))
-        targets = {
-            f"diffusion_model.{name}.{proj}": getattr(module, proj) if proj != "to_out" else module.to_out[0]
-            for name, module in diffusion_model.named_modules()
-            if name.endswith(("attn1", "attn2"))
-            for proj in ("to_q", "to_k", "to_v", "to_out")
-        }
         text_encoder = ToyTextEncoder(context_dim, 11)
-        clip = CLIPPatcher(ModelPatcher(text_encoder, {"text_encoder.proj": text_encoder.proj}))
+        clip = CLIPPatcher(ModelPatcher(text_encoder))
         engine = ClassicTextProcessingEngine(text_encoder)
         if sdxl:
             self.text_processing_engine_l = engine
@@ -65,12 +60,12 @@ class StandInEngine(ForgeDiffusionEngine):
                     param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
         else:
             self.text_processing_engine = engine
-        self.forge_objects = ForgeObjects(UnetPatcher(k_model, targets), clip, VAEPatcher(ToyVAE()), None)
+        self.forge_objects = ForgeObjects(UnetPatcher(k_model), clip, VAEPatcher(ToyVAE()), None)
         self.forge_objects_original = self.forge_objects.shallow_copy()
         self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
 
     def get_learned_conditioning(self, prompt):
-        self.forge_objects.clip.patcher.patch_model()
+        memory_management.load_model_gpu(self.forge_objects.clip.patcher)
         engine = self.text_processing_engine_l if self.is_sdxl else self.text_processing_engine
         crossattn = engine(list(prompt))
         if not self.is_sdxl:

@@ -1,8 +1,10 @@
-"""``backend/patcher/unet.py`` + ``base.py``: ``UnetPatcher``. Patches live in ``model_options``; a clone
-shares the model and copies the options; LoRA weight patches are applied when the patcher is loaded for
-sampling (``sampling_prepare``) and undone when another patcher is loaded; ControlNets form a linked list
-(``add_patched_controlnet``) that the sampling function asks per UNet call. Mirrors Forge 2 dfdcbab6
-``backend/patcher/unet.py`` (``UnetPatcher.clone``, ``add_patched_controlnet``)."""
+"""``backend/patcher/base.py`` + ``unet.py`` of Forge 2 (dfdcbab6): ``ModelPatcher`` and ``UnetPatcher``.
+
+Patches live in ``model_options``; a clone shares the model (and so its ``LoraLoader``) and copies the
+LoRA patches, object patches and options. LoRA patches (``lora_patches``, keyed by ``(filename, strength_patch,
+strength_model, online_mode)``) reach the shared weights only when the patcher is loaded
+(``memory_management.load_models_gpu``: ``refresh_loras``). ControlNets form a linked list
+(``add_patched_controlnet``) that the sampling function asks per UNet call."""
 
 from __future__ import annotations
 
@@ -10,49 +12,94 @@ import copy
 
 import torch
 
+from backend.patcher.lora import LoraLoader
+
 
 class ModelPatcher:
-    def __init__(self, model, weight_targets: dict[str, torch.nn.Linear]):
+    def __init__(self, model, load_device=None, offload_device=None, size=0, current_device=None, **kwargs):
+        self.size = size
         self.model = model
-        self.weight_targets = weight_targets
-        self.patches: dict[str, list[tuple[float, torch.Tensor]]] = {}
+        self.lora_patches: dict[tuple, dict[str, list]] = {}
+        self.object_patches: dict = {}
+        self.object_patches_backup: dict = {}
         self.model_options: dict = {"transformer_options": {}}
+        self.load_device = load_device or torch.device("cpu")
+        self.offload_device = offload_device or torch.device("cpu")
+        self.current_device = current_device or self.offload_device
+        if not hasattr(model, "lora_loader"):
+            model.lora_loader = LoraLoader(model)
+        self.lora_loader = model.lora_loader
 
     def clone(self):
-        n = type(self).__new__(type(self))
-        n.__dict__.update(self.__dict__)
-        n.patches = {k: list(v) for k, v in self.patches.items()}
+        n = ModelPatcher(self.model, self.load_device, self.offload_device, self.size, self.current_device)
+        n.lora_patches = self.lora_patches.copy()
+        n.object_patches = self.object_patches.copy()
         n.model_options = copy.deepcopy(self.model_options)
         return n
 
-    def add_patches(self, patches: dict[str, torch.Tensor], strength_patch: float = 1.0):
-        for key, delta in patches.items():
-            if key in self.weight_targets:
-                self.patches.setdefault(key, []).append((strength_patch, delta))
-        return list(patches)
+    def is_clone(self, other):
+        return hasattr(other, "model") and self.model is other.model
 
-    @torch.no_grad()
-    def patch_model(self):
-        """Make the shared weights this patcher's: restore the previous owner's, apply own patches."""
-        owner = getattr(self.model, "_stand_in_patch_owner", None)
-        if owner is not None and owner[0] is not self:
-            for key, original in owner[1].items():
-                self.weight_targets[key].weight.copy_(original)
-            self.model._stand_in_patch_owner = None
-        if getattr(self.model, "_stand_in_patch_owner", None) is None:
-            backup = {}
-            for key, entries in self.patches.items():
-                weight = self.weight_targets[key].weight
-                backup[key] = weight.detach().clone()
-                for strength, delta in entries:
-                    weight += strength * delta
-            self.model._stand_in_patch_owner = (self, backup)
+    def add_patches(self, *, filename, patches, strength_patch=1.0, strength_model=1.0, online_mode=False):
+        """``patches``: parameter name -> weight difference (Forge's ``("diff", (w,))`` patch)."""
+        model_keys = {name for name, _ in self.model.named_parameters()}
+        this_patches = {key: [[strength_patch, ("diff", (delta,)), strength_model, None, None]]
+                        for key, delta in patches.items() if key in model_keys}
+        self.lora_patches[(filename, strength_patch, strength_model, online_mode)] = this_patches
+        return set(this_patches)
+
+    def refresh_loras(self):
+        self.lora_loader.refresh(lora_patches=self.lora_patches, offload_device=self.offload_device)
+
+    def forge_patch_model(self, target_device=None):
+        for key, item in self.object_patches.items():
+            self.object_patches_backup.setdefault(key, _get_attr(self.model, key))
+            _set_attr(self.model, key, item)
+        return self.model
+
+    def forge_unpatch_model(self, target_device=None):
+        for key, item in self.object_patches_backup.items():
+            _set_attr(self.model, key, item)
+        self.object_patches_backup = {}
+
+
+def _get_attr(obj, path):
+    for name in path.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def _set_attr(obj, path, value):
+    *parents, last = path.split(".")
+    for name in parents:
+        obj = getattr(obj, name)
+    setattr(obj, last, value)
 
 
 class UnetPatcher(ModelPatcher):
-    def __init__(self, model, weight_targets: dict[str, torch.nn.Linear]):
-        super().__init__(model, weight_targets)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.controlnet_linked_list = None  # a clone shares it; add_patched_controlnet prepends
+        self.extra_preserved_memory_during_sampling = 0
+        self.extra_model_patchers_during_sampling = []
+        self.extra_concat_condition = None
+
+    def clone(self):
+        n = UnetPatcher(self.model, self.load_device, self.offload_device, self.size, self.current_device)
+        n.lora_patches = self.lora_patches.copy()
+        n.object_patches = self.object_patches.copy()
+        n.model_options = copy.deepcopy(self.model_options)
+        n.controlnet_linked_list = self.controlnet_linked_list
+        n.extra_preserved_memory_during_sampling = self.extra_preserved_memory_during_sampling
+        n.extra_model_patchers_during_sampling = self.extra_model_patchers_during_sampling.copy()
+        n.extra_concat_condition = self.extra_concat_condition
+        return n
+
+    def add_extra_preserved_memory_during_sampling(self, memory_in_bytes: int):
+        self.extra_preserved_memory_during_sampling += memory_in_bytes
+
+    def add_extra_model_patcher_during_sampling(self, model_patcher):
+        self.extra_model_patchers_during_sampling.append(model_patcher)
 
     def add_patched_controlnet(self, cnet):
         cnet.set_previous_controlnet(self.controlnet_linked_list)

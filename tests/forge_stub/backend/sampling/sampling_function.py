@@ -115,8 +115,13 @@ def sampling_function(self, denoiser_params, cond_scale, cond_composition):
 
 
 def sampling_prepare(unet, x):
-    """Forge loads the patched UNet here; the stand-in applies the patcher's weight patches (LoRA)."""
-    unet.patch_model()
+    """Forge loads the UNet patcher (and the patchers it brings along) here: its LoRA set is merged."""
+    from backend import memory_management
+
+    additional = unet.extra_model_patchers_during_sampling
+    if unet.controlnet_linked_list is not None:
+        additional += unet.controlnet_linked_list.get_models()  # the real code extends the list in place too
+    memory_management.load_models_gpu(models=[unet, *additional])
 
 
 def sampling_cleanup(unet):

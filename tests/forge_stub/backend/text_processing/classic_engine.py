@@ -30,8 +30,9 @@ class CLIPPatcher:
     def clone(self):
         return CLIPPatcher(self.patcher.clone())
 
-    def add_patches(self, patches, strength_patch=1.0):
-        return self.patcher.add_patches(patches, strength_patch)
+    def add_patches(self, *, filename, patches, strength_patch=1.0, strength_model=1.0, online_mode=False):
+        return self.patcher.add_patches(filename=filename, patches=patches, strength_patch=strength_patch,
+                                        strength_model=strength_model, online_mode=online_mode)
 
     @property
     def cond_stage_model(self) -> nn.Module:
