@@ -402,7 +402,7 @@ def test_prompt_tools(a1111_host):
     stripped, data = host.extra_networks.parse_prompts(["a <lora:bob:0.5> b", "c"])
     assert stripped == ["a  b", "c"] and data["lora"][0].items == ["bob", "0.5"]
     schedules = host.prompt_parser.get_learned_conditioning_prompt_schedules(["a [cat:dog:2] x"], 4)
-    assert schedules == [[[1, "a cat x"], [4, "a dog x"]]]
+    assert schedules == [[[2, "a cat x"], [4, "a dog x"]]]  # the real parser (v1.10.1) gives step 2
     chunks, count = host.shared.sd_model.cond_stage_model.tokenize_line("red (hair:1.2) BREAK hat")
     assert [len(c.tokens) for c in chunks] == [77, 77] and count == 76
     hair = host.shared.sd_model.cond_stage_model.tokenize(["hair"])[0]

@@ -1,17 +1,199 @@
-"""``modules/prompt_parser.py``: prompt schedules, AND sub-prompts, emphasis, and the conditioning data
-shapes the samplers consume. Prompt editing is limited to non-nested ``[from:to:when]``; the shapes
-(``ScheduledPromptConditioning`` lists, ``MulticondLearnedConditioning``) are the real ones."""
+r"""``modules/prompt_parser.py`` (A1111 v1.10.1, 82a973c0; Forge 2 dfdcbab6 has the same schedule, AND and
+emphasis code): prompt schedules, AND sub-prompts, emphasis, and the conditioning data shapes the samplers
+consume (``ScheduledPromptConditioning`` lists, ``MulticondLearnedConditioning``).
+
+The real schedules come from a lark (Earley) grammar; here a recursive-descent reader of the same syntax:
+``[from:to:when]``, ``[to:when]``, ``[from::when]``, nested in one another, ``[a|b|...]`` alternation (one
+option per step, cycling), ``(...)``, ``(...:w)`` and ``[...]`` kept as text, ``\x`` escapes. As in the real
+grammar, brackets, parentheses and colons that close nothing are text at the top level only; inside a
+construct they end it; a ``|`` outside an alternation or a lone ``\`` makes the whole prompt unreadable
+(one schedule entry: the prompt as it is). A construct directly followed by a stray closing bracket or colon
+(``[a:b:2]]``) is ambiguous in the real grammar, and lark resolves it differently from one process to the
+next (it follows set order, so ``PYTHONHASHSEED``): the stand-in always reads the construct, one of the
+real outcomes.
+"""
 
 from __future__ import annotations
 
 import re
 from collections import namedtuple
+from dataclasses import dataclass
 
 import torch
 
 ScheduledPromptConditioning = namedtuple("ScheduledPromptConditioning", ["end_at_step", "cond"])
 
-re_edit = re.compile(r"\[([^\[\]:]*):([^\[\]:]*):\s*([0-9]*\.?[0-9]+)\s*\]")
+# The step of an edit: lark's SIGNED_NUMBER (a sign, then a float with an exponent or a decimal point, else an
+# integer: the first alternative that matches, as in lark's regex), spaces around it, then "]".
+re_when = re.compile(r"\s*([+-]?(?:\d+[eE][+-]?\d+|(?:\d+\.\d*|\.\d+)(?:[eE][+-]?\d+)?|\d+))\s*\]")
+SYNTAX = "\\[]():|"
+
+
+@dataclass
+class Edit:
+    """``[before:after:when]``; ``before`` is None for ``[after:when]``."""
+
+    before: list | None
+    after: list
+    when: str
+
+
+@dataclass
+class Alternation:
+    """``[a|b|...]``: option ``(step - 1) % len(options)`` at each step."""
+
+    options: list
+
+
+class _Reader:
+    """One prompt as a list of text pieces, ``Edit`` and ``Alternation`` nodes."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def char(self, pos):
+        return self.text[pos] if pos < len(self.text) else ""
+
+    def plain_end(self, pos):
+        """End of the text from ``pos`` that is no syntax: other characters, or ``\\`` and one character that
+        is not a newline."""
+        while pos < len(self.text):
+            if self.text[pos] == "\\":
+                if self.char(pos + 1) in ("", "\n"):
+                    break
+                pos += 2
+            elif self.text[pos] in SYNTAX:
+                break
+            else:
+                pos += 1
+        return pos
+
+    def line(self):
+        """The whole prompt; None where the real grammar cannot read it."""
+        nodes = []
+        pos = 0
+        while pos < len(self.text):
+            char = self.text[pos]
+            read = self.construct(pos) if char in "[(" else None
+            if read is not None:
+                nodes += read[0]
+                pos = read[1]
+            elif char in "[]():":
+                nodes.append(char)  # opens or closes nothing: text, at the top level only
+                pos += 1
+            else:
+                end = self.plain_end(pos)
+                if end == pos:
+                    return None  # a "|" outside an alternation, or a lone backslash
+                nodes.append(self.text[pos:end])
+                pos = end
+        return nodes
+
+    def prompt(self, pos):
+        """Text and constructs from ``pos`` up to the first character that continues neither."""
+        nodes = []
+        while pos < len(self.text):
+            read = self.construct(pos) if self.text[pos] in "[(" else None
+            if read is None:
+                end = self.plain_end(pos)
+                if end == pos:
+                    break
+                read = [self.text[pos:end]], end
+            nodes += read[0]
+            pos = read[1]
+        return nodes, pos
+
+    def when(self, pos):
+        match = re_when.match(self.text, pos)
+        return (match.group(1), match.end()) if match else None
+
+    def construct(self, start):
+        """The construct opening at ``start`` (its nodes, the position after it), or None."""
+        first, pos = self.prompt(start + 1)
+        closer = self.char(pos)
+        if self.text[start] == "(":  # emphasis: "(a)" or "(a:b)", kept as text
+            if closer == ")":
+                return ["(", *first, ")"], pos + 1
+            if closer == ":":
+                second, end = self.prompt(pos + 1)
+                if self.char(end) == ")":
+                    return ["(", *first, ":", *second, ")"], end + 1
+            return None
+        if closer == "]":  # "[a]": emphasis, kept as text
+            return ["[", *first, "]"], pos + 1
+        if closer == "|":
+            options = [first]
+            while self.char(pos) == "|":
+                option, pos = self.prompt(pos + 1)
+                options.append(option)
+            return ([Alternation(options)], pos + 1) if self.char(pos) == "]" else None
+        if closer != ":":
+            return None
+        when = self.when(pos + 1)
+        if when is not None:  # "[after:when]"
+            return [Edit(None, first, when[0])], when[1]
+        second, pos = self.prompt(pos + 1)
+        when = self.when(pos + 1) if self.char(pos) == ":" else None
+        return ([Edit(first, second, when[0])], when[1]) if when is not None else None
+
+
+def _nodes_of_kind(nodes, kind):
+    """Every ``kind`` node in ``nodes``, at any depth."""
+    for node in nodes:
+        if isinstance(node, kind):
+            yield node
+        if isinstance(node, Edit):
+            yield from _nodes_of_kind((node.before or []) + node.after, kind)
+        elif isinstance(node, Alternation):
+            for option in node.options:
+                yield from _nodes_of_kind(option, kind)
+
+
+def _text_at(nodes, step, edit_steps):
+    pieces = []
+    for node in nodes:
+        if isinstance(node, Edit):
+            pieces.append(_text_at((node.before or []) if step <= edit_steps[id(node)] else node.after, step,
+                                   edit_steps))
+        elif isinstance(node, Alternation):
+            pieces.append(_text_at(node.options[(step - 1) % len(node.options)], step, edit_steps))
+        else:
+            pieces.append(node)
+    return "".join(pieces)
+
+
+def get_learned_conditioning_prompt_schedules(prompts, base_steps, hires_steps=None, use_old_scheduling=False):
+    """For each prompt, ``[[end_at_step, text], ...]``: the text to use up to and including each step.
+
+    ``when`` of an edit: old timelines: below 1 a fraction of the steps, else a step. New timelines: with a
+    decimal point a fraction, else a step; in the hires pass (``hires_steps`` given) counted on from the
+    first pass: fractions from 1 to 2 and steps from ``base_steps`` on.
+    """
+    hires = hires_steps is not None and not use_old_scheduling
+    steps = hires_steps if hires else base_steps
+    step_offset, fraction_offset = (base_steps, 1.0) if hires else (0, 0.0)
+
+    def edit_step(when):
+        value = float(when)
+        if use_old_scheduling:
+            value = value * steps if value < 1 else value
+        elif "." in when:
+            value = (value - fraction_offset) * steps
+        else:
+            value = value - step_offset
+        return min(steps, int(value))
+
+    def schedule(prompt):
+        nodes = _Reader(prompt).line()
+        if nodes is None:
+            return [[steps, prompt]]
+        edit_steps = {id(edit): edit_step(edit.when) for edit in _nodes_of_kind(nodes, Edit)}
+        boundaries = {steps, *(s for s in edit_steps.values() if s >= 1)}
+        if any(True for _ in _nodes_of_kind(nodes, Alternation)):
+            boundaries.update(range(1, steps + 1))
+        return [[step, _text_at(nodes, step, edit_steps)] for step in sorted(boundaries)]
+
+    return [schedule(prompt) for prompt in prompts]
 
 
 class SdConditioning(list):
@@ -25,32 +207,6 @@ class SdConditioning(list):
         self.is_negative_prompt = is_negative_prompt or getattr(copy_from, "is_negative_prompt", False)
         self.width = width or getattr(copy_from, "width", None)
         self.height = height or getattr(copy_from, "height", None)
-
-
-def get_learned_conditioning_prompt_schedules(prompts, base_steps, hires_steps=None, use_old_scheduling=False):
-    """For each prompt, ``[[end_at_step, text], ...]``: the text to use up to and including each step."""
-    steps = base_steps if hires_steps is None or use_old_scheduling else hires_steps
-
-    def when_step(token):
-        value = float(token)
-        if use_old_scheduling:
-            value = value * steps if value < 1 else value
-        elif "." in token:
-            value = value * steps
-        else:
-            value = value - 1
-        return min(steps, int(value))
-
-    def schedule(prompt):
-        edits = [(m, when_step(m.group(3))) for m in re_edit.finditer(prompt)]
-        boundaries = sorted({w for _, w in edits if w >= 1} | {steps})
-
-        def text_at(step):
-            return re_edit.sub(lambda m: m.group(1) if step <= when_step(m.group(3)) else m.group(2), prompt)
-
-        return [[t, text_at(t)] for t in boundaries]
-
-    return [schedule(prompt) for prompt in prompts]
 
 
 def get_learned_conditioning(model, prompts, steps, hires_steps=None, use_old_scheduling=False):

@@ -1,13 +1,16 @@
 """A CLIP-like text side with the WebUI's chunking rules and a deterministic toy encoder.
 
 Tokens are words and punctuation marks; ids come from a CRC of the lowercased token, so the same word
-always has the same id, as with a real vocabulary. ``tokenize_line`` follows ``sd_hijack_clip``:
-emphasis is parsed away into multipliers, ``BREAK`` starts a new chunk, each chunk holds 75 tokens and
-is stored as 77 (``id_start`` ... ``id_end``, padded with ``id_pad``). Context column of a token =
-chunk index * 77 + position in ``chunk.tokens``.
+always has the same id, as with a real vocabulary. ``tokenize_line`` follows ``tokenize_line`` of A1111's
+``modules/sd_hijack_clip.py`` (v1.10.1, 82a973c0) and Forge's ``backend/text_processing/classic_engine.py``
+(Forge 2, dfdcbab6), which chunk alike: emphasis parsed away into multipliers (not with the ``emphasis``
+setting "None"), ``BREAK`` closes a chunk, a chunk holds 75 tokens and is stored as 77 (``id_start`` ...
+``id_end``, short chunks padded with ``id_end``), and a token that finds its chunk full moves the text after
+the chunk's last comma into the next chunk when that comma is at most ``comma_padding_backtrack`` tokens
+back (A1111: the setting, 20 by default; Forge: always 20). Context column of a token = chunk index * 77 +
+position in ``chunk.tokens``. Textual inversion embeddings are not expanded (the toy encoder has no
+embedding vectors).
 """
-
-from __future__ import annotations
 
 import math
 import re
@@ -48,6 +51,7 @@ class ChunkedTokenizer:
         self.id_start = ID_START
         self.id_end = ID_END
         self.id_pad = id_pad
+        self.comma_token = token_id(",")
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         return [tokenize_text(text) for text in texts]
@@ -61,37 +65,54 @@ class ChunkedTokenizer:
     def get_target_prompt_token_count(self, token_count: int) -> int:
         return math.ceil(max(token_count, 1) / self.chunk_length) * self.chunk_length
 
+    def comma_padding_backtrack(self) -> int:
+        """How many tokens back a full chunk may end at a comma instead (A1111 reads the setting)."""
+        from modules import shared
+
+        return shared.opts.comma_padding_backtrack
+
+    def parse_emphasis(self, line: str) -> list[list]:
+        from modules import prompt_parser, shared  # the host's emphasis parser (A1111 and Forge share it)
+
+        return prompt_parser.parse_prompt_attention(line) if shared.opts.emphasis != "None" else [[line, 1.0]]
+
     def tokenize_line(self, line: str) -> tuple[list[PromptChunk], int]:
-        from modules import prompt_parser  # the host's emphasis parser (A1111 and Forge share it)
-
-        parsed = prompt_parser.parse_prompt_attention(line)
         chunks: list[PromptChunk] = []
-        chunk = PromptChunk()
+        tokens: list[int] = []
+        multipliers: list[float] = []
+        last_comma = -1  # index in ``tokens`` of the open chunk's last comma
         token_count = 0
+        backtrack = self.comma_padding_backtrack()
 
-        def next_chunk(is_last: bool = False) -> None:
-            nonlocal token_count, chunk
-            token_count += len(chunk.tokens) if is_last else self.chunk_length
-            to_add = self.chunk_length - len(chunk.tokens)
-            if to_add > 0:
-                chunk.tokens += [self.id_end] + [self.id_pad] * (to_add - 1)
-                chunk.multipliers += [1.0] * to_add
-            chunk.tokens = [self.id_start, *chunk.tokens, self.id_end]
-            chunk.multipliers = [1.0, *chunk.multipliers, 1.0]
-            chunks.append(chunk)
+        def close_chunk(is_last: bool = False) -> None:
+            nonlocal token_count, tokens, multipliers, last_comma
+            token_count += len(tokens) if is_last else self.chunk_length
+            padding = self.chunk_length - len(tokens)
             chunk = PromptChunk()
+            chunk.tokens = [self.id_start, *tokens, *[self.id_end] * padding, self.id_end]
+            chunk.multipliers = [1.0, *multipliers, *[1.0] * padding, 1.0]
+            chunks.append(chunk)
+            tokens, multipliers, last_comma = [], [], -1
 
-        for text, weight in parsed:
+        for text, weight in self.parse_emphasis(line):
             if text == "BREAK" and weight == -1:
-                next_chunk()
+                close_chunk()
                 continue
-            for token in tokenize_text(text):
-                if len(chunk.tokens) == self.chunk_length:
-                    next_chunk()
-                chunk.tokens.append(token)
-                chunk.multipliers.append(weight)
-        if chunk.tokens or not chunks:
-            next_chunk(is_last=True)
+            for token in self.tokenize([text])[0]:
+                if token == self.comma_token:
+                    last_comma = len(tokens)
+                elif (backtrack and len(tokens) == self.chunk_length and last_comma != -1
+                      and len(tokens) - last_comma <= backtrack):
+                    moved_tokens, moved_multipliers = tokens[last_comma + 1:], multipliers[last_comma + 1:]
+                    del tokens[last_comma + 1:], multipliers[last_comma + 1:]
+                    close_chunk()
+                    tokens, multipliers = moved_tokens, moved_multipliers
+                if len(tokens) == self.chunk_length:
+                    close_chunk()
+                tokens.append(token)
+                multipliers.append(weight)
+        if tokens or not chunks:
+            close_chunk(is_last=True)
         return chunks, token_count
 
 
@@ -123,6 +144,9 @@ class ToyTextEncoder(nn.Module):
         for i in range(chunk_count):
             chunks = [c[i] if i < len(c) else tokenizer.empty_chunk() for c in batch_chunks]
             tokens = torch.tensor([c.tokens for c in chunks])
+            if tokenizer.id_pad != tokenizer.id_end:  # SD2: padding after the first end token (process_tokens)
+                for row, chunk in enumerate(chunks):
+                    tokens[row, chunk.tokens.index(tokenizer.id_end) + 1:] = tokenizer.id_pad
             multipliers = torch.tensor([c.multipliers for c in chunks])
             zs.append(self.encode_chunk(tokens, multipliers))
         return torch.hstack(zs)

@@ -1,5 +1,7 @@
-"""``backend/text_processing/classic_engine.py``: ``ClassicTextProcessingEngine`` (``tokenize``,
-``tokenize_line``, ``chunk_length``, ``id_start``/``id_end``/``id_pad``), over the toy encoder."""
+"""``backend/text_processing/classic_engine.py`` (Forge 2, dfdcbab6): ``ClassicTextProcessingEngine``
+(``tokenize``, ``tokenize_line``, ``chunk_length``, ``id_start``/``id_end``/``id_pad``), over the toy encoder.
+Its ``tokenize_line`` chunks as A1111's does but backtracks to a comma at most 20 tokens back whatever the
+settings say (``comma_padding_backtrack = 20`` in the function)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,9 @@ class ClassicTextProcessingEngine(ChunkedTokenizer):
         super().__init__()
         self.text_encoder = text_encoder
         self.return_pooled = return_pooled
+
+    def comma_padding_backtrack(self) -> int:
+        return 20
 
     def __call__(self, texts):
         z = self.text_encoder.encode_lines(self, list(texts))
