@@ -166,3 +166,15 @@ def test_both_stand_ins_in_one_process_leave_no_trace():
             host.process(host.txt2img(steps=1))
         assert {n for n in sys.modules if n.split(".")[0] in HOST_PACKAGES} == before
         assert not any("webui_stub" in p or "forge_stub" in p for p in sys.path)
+
+
+def test_weighted_conditions_zip_the_images_sub_prompts(forge_host):
+    """Expected values from running Forge 2's ``backend/sampling/condition.py`` (dfdcbab6)."""
+    from backend.sampling.condition import compile_weighted_conditions
+
+    cond = torch.arange(5.0).view(5, 1, 1).repeat(1, 2, 3)
+    entries = compile_weighted_conditions(cond, [[(0, 1.0), (1, 0.5)], [(2, 0.8)], [(3, 1.0), (4, 0.3)]])
+    assert [(e["cross_attn"][:, 0, 0].tolist(), e["strength"]) for e in entries] == [([0.0, 2.0, 3.0], 1.0)]
+    entries = compile_weighted_conditions(cond, [[(0, 1.0), (1, 0.5)], [(2, 0.8), (3, 0.6)]])
+    assert [(e["cross_attn"][:, 0, 0].tolist(), e["strength"]) for e in entries] == \
+        [([0.0, 2.0], 0.8), ([1.0, 3.0], 0.6)]

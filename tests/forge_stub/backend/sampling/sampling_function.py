@@ -12,27 +12,7 @@ import math
 
 import torch
 
-
-def compile_conditions(cond):
-    if cond is None:
-        return None
-    if isinstance(cond, torch.Tensor):
-        return [{"cross_attn": cond, "model_conds": {"c_crossattn": cond}}]
-    return [{"cross_attn": cond["crossattn"], "pooled_output": cond["vector"],
-             "model_conds": {"c_crossattn": cond["crossattn"], "y": cond["vector"]}}]
-
-
-def compile_weighted_conditions(cond, weights):
-    """One entry per AND position: rows ``weights[image][part]`` of ``cond``, with that part's weight."""
-    results = []
-    for cond_pre in map(list, zip(*weights, strict=True)):
-        indices = [i for i, _ in cond_pre]
-        weight = cond_pre[-1][1]
-        feed = {k: v[indices] for k, v in cond.items()} if isinstance(cond, dict) else cond[indices]
-        entry = compile_conditions(feed)
-        entry[0]["strength"] = weight
-        results += entry
-    return results
+from backend.sampling.condition import compile_conditions, compile_weighted_conditions
 
 
 def compute_cond_mark(cond_or_uncond, sigmas):
