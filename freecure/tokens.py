@@ -2,7 +2,9 @@
 
 WebUI text encoders encode a prompt in chunks of 77 tokens (start token, 75 prompt tokens, end token)
 and concatenate them, so a token's context column is ``chunk_index * 77 + position_in_chunk``. The
-columns of an attribute phrase are where its token ids occur as a contiguous run in any chunk.
+columns of an attribute phrase are where its token ids occur as a contiguous run of prompt tokens; a run
+may go on from the end of one chunk into the next (a phrase that did not fit: the WebUI moves only text
+after a comma to the next chunk), over the end token of the one and the start token of the other.
 """
 
 from __future__ import annotations
@@ -16,20 +18,26 @@ CHUNK_LENGTH = 77
 def subsequence_columns(
     chunks: Sequence[Sequence[int]], ids: Sequence[int], chunk_length: int = CHUNK_LENGTH
 ) -> list[int]:
-    """Every context column covered by an occurrence of ``ids`` (contiguous) in any chunk."""
+    """Every context column covered by an occurrence of ``ids`` (contiguous) in the chunks, read as one
+    sequence without the two tokens where one chunk meets the next (its end token, the next's start token)."""
     ids = list(ids)
     if not ids:
         return []
-    columns: list[int] = []
+    stream_columns: list[int] = []
+    tokens: list[int] = []
     for chunk_index, chunk in enumerate(chunks):
-        tokens = list(chunk)
-        if len(tokens) > chunk_length:
-            raise ValueError(f"chunks: a chunk has {len(tokens)} tokens, more than {chunk_length}")
-        for start in range(len(tokens) - len(ids) + 1):
-            if tokens[start : start + len(ids)] == ids:
-                offset = chunk_index * chunk_length + start
-                columns.extend(range(offset, offset + len(ids)))
-    return sorted(set(columns))
+        if len(chunk) > chunk_length:
+            raise ValueError(f"chunks: a chunk has {len(chunk)} tokens, more than {chunk_length}")
+        first = 1 if chunk_index > 0 else 0
+        last = len(chunk) - 1 if chunk_index < len(chunks) - 1 else len(chunk)
+        offset = chunk_index * chunk_length
+        stream_columns.extend(range(offset + first, offset + last))
+        tokens.extend(list(chunk)[first:last])
+    found: set[int] = set()
+    for start in range(len(tokens) - len(ids) + 1):
+        if tokens[start : start + len(ids)] == ids:
+            found.update(stream_columns[start : start + len(ids)])
+    return sorted(found)
 
 
 def phrase_columns(

@@ -295,6 +295,7 @@ def test_token_columns_are_exact_on_the_toy_encoder(unet):
     columns = host.token_columns("a woman with red curly hair and a hat", phrases)
     assert columns == {"hair": [4, 5, 6], "hat": [9]}
     assert subsequence_columns([[1, 7, 8, 2], [1, 8, 7, 8, 2]], [7, 8]) == [1, 2, 79, 80]
+    assert subsequence_columns([[1, 5, 7, 2], [1, 8, 9, 2]], [7, 8]) == [2, 78], "on over the chunk boundary"
     ids = {"red": [9], "hair": [6], "red hair": [9, 6]}
     fallback = phrase_columns([[1, 5, 6, 2]], ids.__getitem__, {"hair": ("red hair",)})
     assert fallback == {"hair": [2]}

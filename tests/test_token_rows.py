@@ -94,3 +94,11 @@ def test_forge_cond_chunks_are_and_parts_in_descending_order() -> None:
     split = rows_of({"cond_or_uncond": [0]}, 2, announced)
     assert split == [RowRole(True, 0, 2), RowRole(True, 1, 2)], "a low-memory split: part unknown, no columns"
     assert rows_of({"cond_or_uncond": [1, 0]}, 2) == [RowRole(False, 0), RowRole(True, 0)]
+
+
+def test_a_phrase_over_the_chunk_boundary_has_the_columns_of_every_word(webui: WebUIHost) -> None:
+    # 74 words fill chunk 0 up to "red" (column 75); with no comma to backtrack to, "hair" opens chunk 1
+    # (column 78, after chunk 0's end token and chunk 1's start token): where the real tokenize_line
+    # (A1111 82a973c0, Forge 2 dfdcbab6) puts them.
+    prompt = " ".join(f"w{i}" for i in range(74)) + " red hair"
+    assert _host(webui).token_columns(prompt, PHRASES) == {"hair": [75, 78], "hat": []}
