@@ -102,3 +102,28 @@ def test_a_phrase_over_the_chunk_boundary_has_the_columns_of_every_word(webui: W
     # (A1111 82a973c0, Forge 2 dfdcbab6) puts them.
     prompt = " ".join(f"w{i}" for i in range(74)) + " red hair"
     assert _host(webui).token_columns(prompt, PHRASES) == {"hair": [75, 78], "hat": []}
+
+
+_HAIR_45, _HAT_5 = {"hair": (4, 5)}, {"hat": (5,)}
+_BACKTRACKED = {"hair": (78, 79), "hat": (82,)}  # "red hair with a" moved after the comma into chunk 1
+
+
+@pytest.mark.parametrize(("prompt", "per_step"), [
+    ("a woman with [red hair|a hat]", [_HAIR_45, _HAIR_45, _HAT_5, _HAIR_45, _HAT_5, _HAIR_45]),
+    ("[a [very tall:short:2] woman with:a:4] red hair",
+     [{"hair": (6, 7)}] * 3 + [{"hair": (5, 6)}] * 2 + [{"hair": (2, 3)}]),
+    (" ".join(f"w{i}" for i in range(70)) + ", [red hair with a hat:a hat:3]",
+     [_BACKTRACKED] * 4 + [{"hat": (73,)}] * 2),
+    ("[a woman BREAK red hair|red hair BREAK a hat]",
+     [{"hair": (78, 79)}, {"hair": (78, 79)}, {"hair": (1, 2), "hat": (79,)}, {"hair": (78, 79)},
+      {"hair": (1, 2), "hat": (79,)}, {"hair": (78, 79)}]),
+])
+def test_row_columns_are_where_the_real_webui_puts_the_tokens(webui: WebUIHost, prompt: str,
+                                                               per_step: list[dict]) -> None:
+    """Alternation, nested edits, a chunk boundary after comma backtracking, BREAK: columns per denoiser step
+    from the real A1111 code (prompt_parser with lark 1.1.2, sd_hijack_clip.tokenize_line, 82a973c0) run over
+    the stand-in's word vocabulary; Forge 2 chunks these prompts the same way."""
+    host = _host(webui)
+    assert host._total_steps() == len(per_step)
+    columns = host.prompt_columns([prompt], PHRASES)
+    assert [dict(columns.at(0, 0, step)) for step in range(len(per_step))] == per_step
