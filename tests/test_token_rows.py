@@ -12,6 +12,7 @@ from webui_checks import CURE, freecure
 from webui_host import WebUIHost
 
 from freecure.options import Options
+from freecure.pipeline.host import Branch
 from freecure.webui import hosts
 from freecure.webui.controller import STATE_ATTR
 
@@ -30,12 +31,13 @@ class _TextIndexModel:
         return torch.arange(len(self.texts) - len(texts), len(self.texts), dtype=torch.float32).view(-1, 1, 1)
 
 
-def _host(webui: WebUIHost, **fields: Any) -> Any:
+def _host(webui: WebUIHost, is_hires: bool = False, **fields: Any) -> Any:
     p = webui.txt2img(prompt="a woman", steps=6, seed=3, **fields)
     p.prompts, p.negative_prompts = ["a woman"], [""]  # what process_images sets per batch
+    p.hr_prompts, p.hr_negative_prompts = ["a woman"], [""]
     x = torch.zeros(1, 4, 8, 8)
     return hosts.create_host(p, Options(enabled=True), x=x, noise=x, conditioning=None, unconditional=None,
-                             is_hires=False)
+                             is_hires=is_hires)
 
 
 @pytest.mark.parametrize("prompts", [
@@ -127,3 +129,53 @@ def test_row_columns_are_where_the_real_webui_puts_the_tokens(webui: WebUIHost, 
     assert host._total_steps() == len(per_step)
     columns = host.prompt_columns([prompt], PHRASES)
     assert [dict(columns.at(0, 0, step)) for step in range(len(per_step))] == per_step
+
+
+# "when" 8: a step of the first pass (6 steps), in the hires pass 2 steps into it (new timelines); 1.5: with new
+# timelines 9 of 6 first-pass steps, half the hires pass; with old timelines step 1 of either.
+_TIMELINE_PROMPT = "[a woman with:a:8] red hair AND [a hat:red hair:1.5]"
+
+
+def _texts_per_step(prompt_parser: Any, conditioning: Any, model: _TextIndexModel, steps: int) -> list[list[str]]:
+    """The text of each conditional row of image 0 at each denoiser step of a pass."""
+    texts = []
+    for step in range(steps):
+        conds_list, rows = prompt_parser.reconstruct_multicond_batch(conditioning, step)
+        texts.append([model.texts[int(rows[row, 0, 0])] for row, _ in conds_list[0]])
+    return texts
+
+
+@pytest.mark.parametrize(("is_hires", "old_timelines"), [(False, True), (True, False), (True, True)])
+def test_rows_follow_the_pass_timeline_as_the_webui_conditions_it(
+    webui: WebUIHost, monkeypatch: pytest.MonkeyPatch, is_hires: bool, old_timelines: bool
+) -> None:
+    """The hires pass schedules prompts with ``hires_steps`` after the first pass's steps, and both passes
+    with ``opts.use_old_scheduling`` (A1111 82a973c0 ``processing.py`` ``get_conds_with_caching`` and
+    ``calculate_hr_conds``): FreeCure's rows and its own (foundation) conditioning must follow the same
+    timeline as the conditioning the WebUI samples the pass with."""
+    prompt_parser = webui.prompt_parser
+    monkeypatch.setitem(webui.shared.opts.data, "use_old_scheduling", old_timelines)
+    host = _host(webui, is_hires=is_hires, enable_hr=True, hr_second_pass_steps=4)
+    p = host.p
+    p.prompts = p.hr_prompts = [_TIMELINE_PROMPT]
+    model = _TextIndexModel()
+    model.sd_checkpoint_info = object()  # a key of the WebUI's conditioning cache
+    branch = Branch(identity=False, prompts=(_TIMELINE_PROMPT,), negative_prompts=("",), cfg_scale=5.0)
+    with monkeypatch.context() as patched:
+        patched.setattr(webui.shared, "sd_model", model)
+        p.setup_conds()  # the first pass's conditioning, as process_images makes it
+        if is_hires:
+            p.is_hr_pass = True
+            p.setup_conds()  # the hires pass's, as sample_hr_pass makes it
+            p.is_hr_pass = False
+        foundation, _ = host._conds(branch)
+    steps = host._total_steps()
+    expected = _texts_per_step(prompt_parser, p.hr_c if is_hires else p.c, model, steps)
+    assert len({tuple(texts) for texts in expected}) > 1, "the timeline changes the texts within the pass"
+    assert _texts_per_step(prompt_parser, foundation, model, steps) == expected
+
+    columns = host.prompt_columns([_TIMELINE_PROMPT], PHRASES)
+    for step, texts in enumerate(expected):
+        for part, text in enumerate(texts):
+            wanted = {n: tuple(c) for n, c in host.token_columns(text, PHRASES).items() if c}
+            assert dict(columns.at(0, part, step)) == wanted, (step, part, text)

@@ -8,6 +8,7 @@ Every WebUI import happens inside a function: importing this module must work on
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -26,6 +27,22 @@ from freecure.tokens import PromptColumns, phrase_columns, scheduled_columns
 from freecure.webui.hosts import attention_modules, model_family
 from freecure.webui.identity import IdentitySwitch
 from freecure.webui.leftovers import release_leftovers
+
+
+def _sampler_total_steps(sampler_name: str, steps: int) -> int:
+    """``steps`` as the WebUI schedules prompts for a sampler: second-order samplers count their extra calls."""
+    from modules import sd_samplers
+
+    config = sd_samplers.find_sampler_config(sampler_name)
+    total = getattr(config, "total_steps", None)
+    return total(steps) if callable(total) else steps
+
+
+def _parameter_names(function: Callable[..., Any]) -> set[str]:
+    try:
+        return set(inspect.signature(function).parameters)
+    except (TypeError, ValueError):  # no signature to read: pass only what every version takes
+        return set()
 
 
 def cond_rows_per_image(conditioning: Any) -> list[int]:
@@ -171,11 +188,21 @@ class A1111Host:
 
     def _total_steps(self) -> int:
         """Steps as the WebUI schedules prompts: second-order samplers count their extra calls."""
-        from modules import sd_samplers
+        return _sampler_total_steps(self._sampler_name(), self._steps())
 
-        config = sd_samplers.find_sampler_config(self._sampler_name())
-        total = getattr(config, "total_steps", None)
-        return total(self._steps()) if callable(total) else self._steps()
+    def _schedule_arguments(self, function: Callable[..., Any]) -> tuple[int, dict[str, Any]]:
+        """The steps and step options the WebUI conditions this pass with, for a ``prompt_parser`` function
+        (``processing.py`` ``get_conds_with_caching``): the first pass's total steps, and in the hires pass
+        also the hires pass's as ``hires_steps`` (edits count on from the first pass); the
+        ``use_old_scheduling`` setting where the host's function names it (Forge Neo dropped it)."""
+        from modules import shared
+
+        steps: dict[str, Any] = {}
+        if self.is_hires:
+            steps["hires_steps"] = self._total_steps()
+        if "use_old_scheduling" in _parameter_names(function):
+            steps["use_old_scheduling"] = bool(getattr(shared.opts, "use_old_scheduling", False))
+        return _sampler_total_steps(self.p.sampler_name, self.p.steps), steps
 
     def _conds(self, branch: Branch) -> tuple[Any, Any]:
         given = branch.identity and (branch.prompts, branch.negative_prompts) == self.conditioned_on
@@ -184,17 +211,17 @@ class A1111Host:
             return self.conditioning, self.unconditional
         from modules import prompt_parser, shared
 
-        steps = self._total_steps()
         width, height = self.p.width, self.p.height
         if self.is_hires:
             width, height = self.p.hr_upscale_to_x, self.p.hr_upscale_to_y
         positive = prompt_parser.SdConditioning(list(branch.prompts), width=width, height=height)
         negative = prompt_parser.SdConditioning(list(branch.negative_prompts), width=width, height=height,
                                                 is_negative_prompt=True)
-        # (model, prompts, steps) only: Forge Neo dropped use_old_scheduling, which without hires_steps
-        # changes nothing on A1111 and Forge 2 (prompt_parser.get_learned_conditioning_prompt_schedules).
-        c = prompt_parser.get_multicond_learned_conditioning(shared.sd_model, positive, steps)
-        uc = prompt_parser.get_learned_conditioning(shared.sd_model, negative, steps)
+        multicond, learned = prompt_parser.get_multicond_learned_conditioning, prompt_parser.get_learned_conditioning
+        steps, options = self._schedule_arguments(multicond)
+        c = multicond(shared.sd_model, positive, steps, **options)
+        steps, options = self._schedule_arguments(learned)
+        uc = learned(shared.sd_model, negative, steps, **options)
         return c, uc
 
     @contextlib.contextmanager
@@ -307,12 +334,13 @@ class A1111Host:
         """Rows as ``modules/prompt_parser.py`` builds them: ``get_multicond_prompt_list`` splits each prompt at
         AND into sub-prompts (one conditional row each, weights stripped), and
         ``get_learned_conditioning_prompt_schedules`` gives each sub-prompt's texts over the schedule
-        (``[from:to:when]``, ``[a|b]``), with the steps our passes' conditioning uses."""
+        (``[from:to:when]``, ``[a|b]``), with the steps and timeline of this pass's conditioning."""
         from modules import prompt_parser
 
         parts, flat, _ = prompt_parser.get_multicond_prompt_list(list(prompts))
-        # Called as _conds calls the conditioning: (prompts, steps), no hires steps.
-        schedules = prompt_parser.get_learned_conditioning_prompt_schedules(list(flat), self._total_steps())
+        schedule_of = prompt_parser.get_learned_conditioning_prompt_schedules
+        steps, options = self._schedule_arguments(schedule_of)
+        schedules = schedule_of(list(flat), steps, **options)
         columns_of = partial(self.token_columns, phrases=phrases)
         rows = [scheduled_columns(schedule, columns_of) for schedule in schedules]
         return PromptColumns([[rows[index] for index, _ in image_parts] for image_parts in parts])
