@@ -2,7 +2,8 @@
 changes: ``p.uc = None`` at CFG 1; ``forge_objects`` reset to ``forge_objects_after_applying_lora`` before every
 sampling call; ``process_before_every_sampling`` once in the first pass (after the reset, L1373-1377) and twice
 in the hires pass: once still with the first pass's ``forge_objects``, then after the reset again (L1510-1526);
-``p.extra_result_images`` shown after the images (``Processed.extra_images``); ``hr_cfg``."""
+``p.extra_result_images`` shown after the images (``Processed.extra_images``); ``hr_cfg``. img2img and inpainting
+as A1111's (``init`` unchanged but for ``before_process_init_images``, not mirrored; ``sample`` below)."""
 
 from __future__ import annotations
 
@@ -81,8 +82,18 @@ class StableDiffusionProcessingTxt2Img(_a1111.StableDiffusionProcessingTxt2Img):
 class StableDiffusionProcessingImg2Img(_a1111.StableDiffusionProcessingImg2Img):
     modified_noise = None
 
+    def _edit_image_cfg_scale(self):
+        return None  # Forge 2's init: ``self.image_cfg_scale = None``
+
+    def img2img_image_conditioning(self, source_image, latent_image, image_mask=None, round_image_mask=True):
+        """Forge 2 (L360-376): inpainting models by ``sd_model.is_inpaint``, else the dummy zero tensor."""
+        if self.sd_model.is_inpaint:
+            raise NotImplementedError("the stand-in has no inpainting models")
+        return latent_image.new_zeros(latent_image.shape[0], 5, 1, 1)
+
     def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
-        """A1111's, with ``forge_objects`` reset before the hook (L1844-1866)."""
+        """A1111's, with ``forge_objects`` reset before the hook and ``modified_noise`` (L1844-1880); the samples
+        blended with the init latent outside the inpaint mask, as A1111's."""
         x = self.rng.next()
         if self.initial_noise_multiplier != 1.0:
             self.extra_generation_params["Noise multiplier"] = self.initial_noise_multiplier
@@ -93,8 +104,11 @@ class StableDiffusionProcessingImg2Img(_a1111.StableDiffusionProcessingImg2Img):
                                                        uc=unconditional_conditioning)
         if self.modified_noise is not None:
             x, self.modified_noise = self.modified_noise, None
-        return self.sampler.sample_img2img(self, self.init_latent, x, conditioning, unconditional_conditioning,
-                                           image_conditioning=self.image_conditioning)
+        samples = self.sampler.sample_img2img(self, self.init_latent, x, conditioning, unconditional_conditioning,
+                                              image_conditioning=self.image_conditioning)
+        if self.mask is not None:
+            samples = _a1111.blend_with_init_latent(self, samples)
+        return samples
 
 
 class _ForgeHiresScripts:

@@ -1,6 +1,8 @@
 """Forge 2 ``modules/sd_samplers_cfg_denoiser.py``: ``on_cfg_denoiser`` gets the *unbatched* x (one row per
 image) with the reconstructed conds; CFG runs in ``backend.sampling.sampling_function``;
-``on_cfg_denoised`` is never called; ``on_cfg_after_cfg`` is."""
+``on_cfg_denoised`` is never called; ``on_cfg_after_cfg`` is. Inpainting (``forward``, dfdcbab6 L190-230): before
+the call the latent outside the mask is the init latent noised with fresh global-RNG noise, after it the
+denoised latent is the init latent there (``on_mask_blend`` may replace the blend)."""
 
 from __future__ import annotations
 
@@ -44,10 +46,16 @@ class CFGDenoiser(torch.nn.Module):
     def forward(self, x, sigma, uncond, cond, cond_scale, s_min_uncond, image_cond):
         if state.interrupted or state.skipped:
             raise sd_samplers_common.InterruptedException
-        if self.mask_before_denoising and self.mask is not None:
-            x = self.init_latent * self.mask + self.nmask * x
         cond_composition, cond = prompt_parser.reconstruct_multicond_batch(cond, self.step)
         uncond = prompt_parser.reconstruct_cond_batch(uncond, self.step) if uncond is not None else None
+        if self.mask is not None:
+            # Inpainting: outside the mask the UNet sees the init latent noised to this sigma, with noise
+            # from torch's global generator (``torch.randn_like``, not ``p.rng``).
+            predictor = self.inner_model.inner_model.forge_objects.unet.model.predictor
+            noisy_init = predictor.noise_scaling(sigma[:, None, None, None],
+                                                 torch.randn_like(self.init_latent).to(self.init_latent),
+                                                 self.init_latent, max_denoise=False)
+            x = x * self.nmask + noisy_init * self.mask
         denoiser_params = CFGDenoiserParams(x, image_cond, sigma, state.sampling_step, state.sampling_steps, cond,
                                             uncond, self)
         cfg_denoiser_callback(denoiser_params)
@@ -61,8 +69,16 @@ class CFGDenoiser(torch.nn.Module):
             self.p.extra_generation_params["NGMS"] = s_min_uncond
         denoised, cond_pred, _ = sampling_function(self, denoiser_params=denoiser_params, cond_scale=cond_scale,
                                                    cond_composition=cond_composition)
-        if not self.mask_before_denoising and self.mask is not None:
-            denoised = self.init_latent * self.mask + self.nmask * denoised
+        if self.mask is not None:
+            blended = denoised * self.nmask + self.init_latent * self.mask
+            if self.p.scripts is not None:
+                from modules import scripts
+
+                mba = scripts.MaskBlendArgs(denoised, self.nmask, self.init_latent, self.mask, blended,
+                                            denoiser=self, sigma=sigma)
+                self.p.scripts.on_mask_blend(self.p, mba)
+                blended = mba.blended_latent
+            denoised = blended
         self.sampler.last_latent = self.get_pred_x0(x, cond_pred, sigma)
         sd_samplers_common.store_latent(self.sampler.last_latent)
         after_cfg_callback_params = AfterCFGCallbackParams(denoised, state.sampling_step, state.sampling_steps)

@@ -1,5 +1,7 @@
 """Forge 2 ``modules/sd_samplers_kdiffusion.py``: the sigma table comes from the UNet's predictor
-(``ForgeScheduleLinker``) and sampling is wrapped in ``sampling_prepare``/``sampling_cleanup``."""
+(``ForgeScheduleLinker``, with the model as its ``inner_model``) and sampling is wrapped in
+``sampling_prepare``/``sampling_cleanup``. ``sample_img2img`` (dfdcbab6 L136-194) is A1111's: for the eps
+models here Forge's ``predictor.noise_scaling(sigma_sched[0], noise, x)`` is A1111's ``x + noise * sigma``."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ class CFGDenoiserKDiffusion(sd_samplers_cfg_denoiser.CFGDenoiser):
         if self.model_wrap is None:
             self.model_wrap = k_diffusion.external.ForgeScheduleLinker(
                 shared.sd_model.forge_objects.unet.model.predictor)
+            self.model_wrap.inner_model = shared.sd_model
         return self.model_wrap
 
 

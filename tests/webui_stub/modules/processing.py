@@ -1,6 +1,6 @@
-"""``modules/processing.py`` (A1111 1.10.1 82a973c0): ``StableDiffusionProcessingTxt2Img``, a plain
-``StableDiffusionProcessingImg2Img`` (no inpainting), ``process_images`` with the real hook order, ``Processed``
-and ``create_infotext``.
+"""``modules/processing.py`` (A1111 1.10.1 82a973c0): ``StableDiffusionProcessingTxt2Img``,
+``StableDiffusionProcessingImg2Img`` (img2img and inpainting, "Only masked" crops included), ``process_images``
+with the real hook order and the inpaint overlay (``apply_overlay``), ``Processed`` and ``create_infotext``.
 
 Hook order of one request: before_process, process, p.init, then per batch: before_process_batch,
 extra networks (+ after_extra_networks_activate), process_batch, setup_conds,
@@ -8,7 +8,8 @@ process_before_every_sampling, sample, [hires: extra networks, hr conds, before_
 process_before_every_sampling, second pass], post_sample, decode, postprocess_batch,
 postprocess_batch_list, per image postprocess_image / postprocess_maskoverlay /
 postprocess_image_after_composite; after all batches extra networks deactivate, then postprocess.
-Not mirrored: saving, grids, face restoration, inpainting, refiner, hires with a non-latent upscaler.
+Not mirrored: saving, grids, face restoration, colour correction, returned masks, refiner, hires with a
+non-latent upscaler.
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import cv2
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from modules import (
     devices,
     extra_networks,
+    images,
     infotext_utils,
+    masking,
     prompt_parser,
     rng,
     scripts,
@@ -76,6 +80,35 @@ def decode_latent_batch(model, batch, target_device=None, check_for_nans=False):
             sample = sample.to(target_device)
         samples.append(sample)
     return samples
+
+
+def uncrop(image, dest_size, paste_loc):
+    """An "Only masked" result back at its place in a transparent canvas of the full size."""
+    x, y, w, h = paste_loc
+    canvas = Image.new("RGBA", dest_size)
+    canvas.paste(images.resize_image(1, image, w, h), (x, y))
+    return canvas
+
+
+def apply_overlay(image, paste_loc, overlay):
+    """The result under the overlay (the original outside the inpaint mask); also the result before it."""
+    if overlay is None:
+        return image, image.copy()
+    if paste_loc is not None:
+        image = uncrop(image, (overlay.width, overlay.height), paste_loc)
+    original_denoised_image = image.copy()
+    image = image.convert("RGBA")
+    image.alpha_composite(overlay)
+    return image.convert("RGB"), original_denoised_image
+
+
+def create_binary_mask(image, round=True):
+    """An "L" mask: the alpha channel of an RGBA mask that has transparency (thresholded at 128 when
+    rounding), else the image's luminance."""
+    if image.mode == "RGBA" and image.getextrema()[-1] != (255, 255):
+        alpha = image.split()[-1].convert("L")
+        return alpha.point(lambda value: 255 if value > 128 else 0) if round else alpha
+    return image.convert("L")
 
 
 def txt2img_image_conditioning(sd_model, x, width, height):
@@ -534,8 +567,17 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
                     pp = scripts.PostprocessImageArgs(image)
                     p.scripts.postprocess_image(p, pp)
                     image = pp.image
-                    ppmo = scripts.PostProcessMaskOverlayArgs(i, None, None)
+                mask_for_overlay = getattr(p, "mask_for_overlay", None)
+                overlay_image = None
+                if opts.overlay_inpaint and getattr(p, "overlay_images", None) is not None \
+                        and i < len(p.overlay_images):
+                    overlay_image = p.overlay_images[i]
+                if p.scripts is not None:
+                    ppmo = scripts.PostProcessMaskOverlayArgs(i, mask_for_overlay, overlay_image)
                     p.scripts.postprocess_maskoverlay(p, ppmo)
+                    mask_for_overlay, overlay_image = ppmo.mask_for_overlay, ppmo.overlay_image
+                image, _original_denoised_image = apply_overlay(image, p.paste_to, overlay_image)
+                if p.scripts is not None:
                     pp = scripts.PostprocessImageArgs(image)
                     p.scripts.postprocess_image_after_composite(p, pp)
                     image = pp.image
@@ -755,19 +797,33 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
 
 @dataclass(repr=False)
 class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
-    """img2img as in the real class: the init images are encoded in ``init`` and sampled from with
-    ``sample_img2img``. Not mirrored: inpainting masks, resizing, color correction, edit/depth models."""
+    """img2img and inpainting as in the real class (``modules/processing.py`` L1557-1764): ``init`` makes the
+    binary, blurred mask, the "Only masked" crop (``paste_to``), the overlay images, the init latent and the
+    latent masks ``mask``/``nmask``; ``sample`` runs ``sample_img2img`` and blends the samples with the init
+    latent outside the mask. Not mirrored: resize mode 3, colour correction, saving init images, the
+    ``image_conditioning`` of inpainting/edit/depth/unCLIP models."""
 
     init_images: list = None
     resize_mode: int = 0
     denoising_strength: float = 0.75
     image_cfg_scale: float = None
     mask: Any = None
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    mask_blur: int = None
+    mask_round: bool = True
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
     initial_noise_multiplier: float = None
+    latent_mask: Any = None
+    force_task_id: str = None
 
     image_mask: Any = field(default=None, init=False)
     nmask: torch.Tensor = field(default=None, init=False)
     image_conditioning: torch.Tensor = field(default=None, init=False)
+    mask_for_overlay: Any = field(default=None, init=False)
     init_latent: torch.Tensor = field(default=None, init=False)
 
     def __post_init__(self):
@@ -777,18 +833,92 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
         self.initial_noise_multiplier = opts.initial_noise_multiplier if self.initial_noise_multiplier is None \
             else self.initial_noise_multiplier
 
+    # A dataclass field that a property then replaces, as in the real class.
+    @property
+    def mask_blur(self):  # noqa: F811
+        return self.mask_blur_x if self.mask_blur_x == self.mask_blur_y else None
+
+    @mask_blur.setter
+    def mask_blur(self, value):
+        if isinstance(value, int):
+            self.mask_blur_x = value
+            self.mask_blur_y = value
+
+    def _blurred(self, image_mask):
+        """Separable Gaussian blur of the mask, x then y, with the real kernel sizes."""
+        for sigma, horizontal in ((self.mask_blur_x, True), (self.mask_blur_y, False)):
+            if sigma > 0:
+                size = 2 * int(2.5 * sigma + 0.5) + 1
+                kernel = (size, 1) if horizontal else (1, size)
+                image_mask = Image.fromarray(cv2.GaussianBlur(np.array(image_mask), kernel, sigma))
+        if self.mask_blur_x > 0 or self.mask_blur_y > 0:
+            self.extra_generation_params["Mask blur"] = self.mask_blur
+        return image_mask
+
     def init(self, all_prompts, all_seeds, all_subseeds):
-        if self.image_mask is not None:
-            raise NotImplementedError("the stand-in has no inpainting")
         self.extra_generation_params["Denoising strength"] = self.denoising_strength
+        self.image_cfg_scale = self._edit_image_cfg_scale()
         self.sampler = sd_samplers.create_sampler(self.sampler_name, self.sd_model)
+        if self.resize_mode == 3:
+            raise NotImplementedError("the stand-in does not mirror resize mode 3 (latent upscale)")
+        crop_region = None
+        image_mask = self.image_mask
+        if image_mask is not None:
+            image_mask = create_binary_mask(image_mask, round=self.mask_round)
+            if self.inpainting_mask_invert:
+                image_mask = ImageOps.invert(image_mask)
+                self.extra_generation_params["Mask mode"] = "Inpaint not masked"
+            image_mask = self._blurred(image_mask)
+            if self.inpaint_full_res:
+                self.mask_for_overlay = image_mask
+                mask = image_mask.convert("L")
+                crop_region = masking.get_crop_region_v2(mask, self.inpaint_full_res_padding)
+                if crop_region:
+                    crop_region = masking.expand_crop_region(crop_region, self.width, self.height, mask.width,
+                                                             mask.height)
+                    x1, y1, x2, y2 = crop_region
+                    image_mask = images.resize_image(2, mask.crop(crop_region), self.width, self.height)
+                    self.paste_to = (x1, y1, x2 - x1, y2 - y1)
+                    self.extra_generation_params["Inpaint area"] = "Only masked"
+                    self.extra_generation_params["Masked area padding"] = self.inpaint_full_res_padding
+                else:  # a blank mask: plain img2img, as the real one
+                    crop_region = None
+                    image_mask = None
+                    self.mask_for_overlay = None
+                    self.inpaint_full_res = False
+            else:
+                image_mask = images.resize_image(self.resize_mode, image_mask, self.width, self.height)
+                doubled = np.clip(np.array(image_mask).astype(np.float32) * 2, 0, 255).astype(np.uint8)
+                self.mask_for_overlay = Image.fromarray(doubled)
+            self.overlay_images = []
+
+        latent_mask = self.latent_mask if self.latent_mask is not None else image_mask
         imgs = []
         for img in self.init_images:
-            if img.size != (self.width, self.height):
-                raise NotImplementedError("the stand-in does not resize init images")
-            imgs.append(np.moveaxis(np.array(img.convert("RGB")).astype(np.float32) / 255.0, 2, 0))
+            image = images.flatten(img, opts.img2img_background_color)
+            if crop_region is None:
+                image = images.resize_image(self.resize_mode, image, self.width, self.height)
+            if image_mask is not None:
+                if self.mask_for_overlay.size != (image.width, image.height):
+                    self.mask_for_overlay = images.resize_image(self.resize_mode, self.mask_for_overlay,
+                                                                image.width, image.height)
+                # The original outside the mask, transparent inside: pasted over the result after decoding.
+                kept = Image.new("RGBa", (image.width, image.height))
+                kept.paste(image.convert("RGBA").convert("RGBa"),
+                           mask=ImageOps.invert(self.mask_for_overlay.convert("L")))
+                self.overlay_images.append(kept.convert("RGBA"))
+            if crop_region is not None:
+                image = images.resize_image(2, image.crop(crop_region), self.width, self.height)
+            if image_mask is not None and self.inpainting_fill != 1:
+                image = masking.fill(image, latent_mask)
+                if self.inpainting_fill == 0:
+                    self.extra_generation_params["Masked content"] = "fill"
+            imgs.append(np.moveaxis(np.array(image).astype(np.float32) / 255.0, 2, 0))
+
         if len(imgs) == 1:
             batch_images = np.expand_dims(imgs[0], axis=0).repeat(self.batch_size, axis=0)
+            if self.overlay_images is not None:
+                self.overlay_images = self.overlay_images * self.batch_size
         elif len(imgs) <= self.batch_size:
             self.batch_size = len(imgs)
             batch_images = np.array(imgs)
@@ -797,10 +927,37 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
         image = torch.from_numpy(batch_images).to(shared.device, dtype=devices.dtype_vae)
         self.init_latent = sd_samplers_common.images_tensor_to_samples(
             image, sd_samplers_common.approximation_indexes.get(opts.sd_vae_encode_method), self.sd_model)
-        self.image_conditioning = self.img2img_image_conditioning(image * 2 - 1, self.init_latent)
+
+        if image_mask is not None:
+            # The mask at latent size (a bilinear PIL resize of its RGB form), rounded, one copy per channel.
+            latent_hw = (self.init_latent.shape[3], self.init_latent.shape[2])
+            latmask = np.moveaxis(np.array(latent_mask.convert("RGB").resize(latent_hw), dtype=np.float32), 2, 0)
+            latmask = latmask[0] / 255
+            if self.mask_round:
+                latmask = np.around(latmask)
+            latmask = np.tile(latmask[None], (self.init_latent.shape[1], 1, 1))
+            self.mask = torch.asarray(1.0 - latmask).to(shared.device).type(devices.dtype)
+            self.nmask = torch.asarray(latmask).to(shared.device).type(devices.dtype)
+            if self.inpainting_fill == 2:
+                noise = create_random_tensors(self.init_latent.shape[1:], all_seeds[0:self.init_latent.shape[0]])
+                self.init_latent = self.init_latent * self.mask + noise * self.nmask
+                self.extra_generation_params["Masked content"] = "latent noise"
+            elif self.inpainting_fill == 3:
+                self.init_latent = self.init_latent * self.mask
+                self.extra_generation_params["Masked content"] = "latent nothing"
+
+        self.image_conditioning = self.img2img_image_conditioning(image * 2 - 1, self.init_latent, image_mask,
+                                                                  self.mask_round)
+
+    def _edit_image_cfg_scale(self):
+        """The image CFG scale is kept for instruct-pix2pix ("edit") models only (A1111's ``init``; Forge 2 sets
+        None: its stand-in overrides this)."""
+        return self.image_cfg_scale if shared.sd_model.cond_stage_key == "edit" else None
 
     def img2img_image_conditioning(self, source_image, latent_image, image_mask=None, round_image_mask=True):
         """Non-inpainting models: a dummy (B, 5, 1, 1) zero tensor, as the real one."""
+        if self.sampler.conditioning_key in {"hybrid", "concat"}:
+            raise NotImplementedError("the stand-in has no inpainting models")
         return latent_image.new_zeros(latent_image.shape[0], 5, 1, 1)
 
     def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
@@ -813,6 +970,24 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
                                                        uc=unconditional_conditioning)
         samples = self.sampler.sample_img2img(self, self.init_latent, x, conditioning, unconditional_conditioning,
                                               image_conditioning=self.image_conditioning)
+        if self.mask is not None:
+            samples = blend_with_init_latent(self, samples)
         del x
         devices.torch_gc()
         return samples
+
+    def get_token_merging_ratio(self, for_hr=False):
+        return self.token_merging_ratio or ("token_merging_ratio" in self.override_settings
+                                            and opts.token_merging_ratio) \
+            or opts.token_merging_ratio_img2img or opts.token_merging_ratio
+
+
+def blend_with_init_latent(p, samples):
+    """After sampling (``StableDiffusionProcessingImg2Img.sample``): the init latent outside the mask, then the
+    scripts' ``on_mask_blend`` (soft inpainting) may replace the blend."""
+    blended = samples * p.nmask + p.init_latent * p.mask
+    if p.scripts is not None:
+        mba = scripts.MaskBlendArgs(samples, p.nmask, p.init_latent, p.mask, blended)
+        p.scripts.on_mask_blend(p, mba)
+        blended = mba.blended_latent
+    return blended

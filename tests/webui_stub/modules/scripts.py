@@ -348,6 +348,9 @@ class ScriptRunner:
     def post_sample(self, p, ps: PostSampleArgs):
         self._call("post_sample", p, ps)
 
+    def on_mask_blend(self, p, mba: MaskBlendArgs):
+        self._call("on_mask_blend", p, mba)
+
     def postprocess_batch(self, p, images, **kwargs):
         self._call("postprocess_batch", p, images=images, **kwargs)
 

@@ -1,4 +1,5 @@
-"""``modules/sd_samplers_cfg_denoiser.py``: classifier-free guidance around the k-diffusion model.
+"""``modules/sd_samplers_cfg_denoiser.py`` (A1111 1.10.1 82a973c0): classifier-free guidance around the
+k-diffusion model, and the inpainting blend with the init latent (``apply_blend``, after CFG for k-diffusion).
 
 Rows of one call: every cond row first (one per AND sub-prompt of each image, image-major), then one
 uncond row per image. One UNet call when ``opts.batch_cond_uncond`` is on (default); otherwise chunks of
@@ -71,7 +72,16 @@ class CFGDenoiser(torch.nn.Module):
             raise sd_samplers_common.InterruptedException
 
         def apply_blend(current_latent):
-            return self.init_latent * self.mask + self.nmask * current_latent
+            # Inpainting: the init latent outside the mask, every call; scripts may replace the blend.
+            blended = current_latent * self.nmask + self.init_latent * self.mask
+            if self.p.scripts is not None:
+                from modules import scripts
+
+                mba = scripts.MaskBlendArgs(current_latent, self.nmask, self.init_latent, self.mask, blended,
+                                            denoiser=self, sigma=sigma)
+                self.p.scripts.on_mask_blend(self.p, mba)
+                blended = mba.blended_latent
+            return blended
 
         if self.mask_before_denoising and self.mask is not None:
             x = apply_blend(x)
