@@ -46,6 +46,29 @@ class AttributeMasks:
     def empty(self) -> bool:
         return not self.union.any()
 
+    def within(self, region: np.ndarray) -> AttributeMasks:
+        """These masks cut to ``region`` (bool (H, W), e.g. where an inpaint pass may change the image)."""
+        notes = list(self.notes)
+        per_attribute = {name: mask & region for name, mask in self.per_attribute.items()}
+        notes += [f"{name}: mask is outside the inpaint mask" for name, mask in per_attribute.items()
+                  if self.per_attribute[name].any() and not mask.any()]
+        return AttributeMasks(per_attribute=per_attribute, union=self.union & region, sources=dict(self.sources),
+                              notes=notes)
+
+
+def region_on_image(region: np.ndarray | torch.Tensor, image_hw: tuple[int, int]) -> np.ndarray:
+    """A (h, w) region (a latent mask: on where non-zero) on an (H, W) image: each pixel takes the value of
+    the cell it lies in (nearest; exact when the image size is a multiple of the grid's)."""
+    if isinstance(region, torch.Tensor):
+        region = region.detach().cpu().numpy()
+    region = np.asarray(region) != 0
+    if region.ndim != 2 or 0 in region.shape:
+        raise ValueError(f"region must be a non-empty 2-D array (h, w); got shape {region.shape}")
+    (grid_h, grid_w), (height, width) = region.shape, image_hw
+    rows = np.arange(height) * grid_h // height
+    columns = np.arange(width) * grid_w // width
+    return region[rows[:, None], columns[None, :]]
+
 
 def sharpen(attention_map: np.ndarray) -> np.ndarray | None:
     """The paper's sharpening in float64: a <- norm(a) + 1; a <- exp(10 a); a <- norm(a).

@@ -29,8 +29,8 @@ class FreeCureScript(scripts.Script):
         return "FreeCure"
 
     def show(self, is_img2img: bool) -> object:
-        # txt2img only: the foundation pass starts from the main pass's noise, which img2img does not have.
-        return False if is_img2img else scripts.AlwaysVisible
+        # txt2img, img2img and inpaint: the foundation pass samples what the tab's main pass samples.
+        return scripts.AlwaysVisible
 
     def ui(self, is_img2img: bool) -> list:
         components, self.infotext_fields = build_ui(is_img2img, self.elem_id)

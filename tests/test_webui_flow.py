@@ -40,7 +40,7 @@ def test_ui_is_reentrant_and_matches_the_options_order(webui: WebUIHost) -> None
     describe = [(type(c).__name__, c.label, c.value) for c in first]
     assert describe == [(type(c).__name__, c.label, c.value) for c in second]
     assert [c.value for c in first] == ui_defaults()
-    assert script.show(True) is False  # txt2img only
+    assert script.show(True) is script.show(False) is webui.scripts.AlwaysVisible  # txt2img and img2img
 
 
 def test_ui_list_and_api_dict_give_the_same_options(webui: WebUIHost) -> None:

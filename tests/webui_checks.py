@@ -48,8 +48,10 @@ def attention_hooked(host: WebUIHost) -> bool:
     return bool(options.get("patches_replace", {}).get("attn1"))
 
 
-def freecure(host: WebUIHost) -> Any:
-    return host.script("FreeCure")
+def freecure(host: WebUIHost, tab: str = "txt2img") -> Any:
+    """FreeCure's script object in the txt2img or the img2img tab's runner."""
+    runner = host.scripts.scripts_img2img if tab == "img2img" else host.runner
+    return runner.title_map["freecure"]
 
 
 def image_tensor(image: Any) -> torch.Tensor:
@@ -63,6 +65,36 @@ def run(host: WebUIHost, settings: dict | None, **fields: Any) -> Any:
     if settings is not None:
         host.set_script_args(p, freecure(host), [settings])
     return host.process(p)
+
+
+def init_image(width: int = 64, height: int = 64, seed: int = 0) -> Any:
+    """A deterministic RGB init image for img2img jobs."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.RandomState(seed).randint(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def box_mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Any:
+    """An inpaint mask as the UI sends it: white inside ``box`` (x1, y1, x2, y2), black elsewhere."""
+    from PIL import Image
+
+    mask = Image.new("L", size, 0)
+    mask.paste(255, box)
+    return mask
+
+
+def img2img_job(host: WebUIHost, settings: dict | None, image: Any, **fields: Any) -> Any:
+    """An img2img (inpaint with ``mask=``) job of the img2img tab, with FreeCure's ``settings`` if given."""
+    p = host.img2img(image, **{"prompt": PROMPT, "steps": 4, "seed": 7, **fields})
+    if settings is not None:
+        host.set_script_args(p, freecure(host, "img2img"), [settings])
+    return p
+
+
+def run_img2img(host: WebUIHost, settings: dict | None, image: Any, **fields: Any) -> Any:
+    return host.process(img2img_job(host, settings, image, **fields))
 
 
 class CallProbe:

@@ -34,7 +34,7 @@ from freecure.attention import (
     preset_layers,
 )
 from freecure.attributes import VOCABULARY, PromptAnalysis, analyze_prompt, subject_phrase
-from freecure.masks import AttributeMasks, build_masks, to_latent
+from freecure.masks import AttributeMasks, build_masks, region_on_image, to_latent
 from freecure.options import Options
 from freecure.parsing import parse_faces
 
@@ -273,8 +273,10 @@ class CureSession:
 
     # --- stage 2: masks --------------------------------------------------------------------------------
 
-    def build_masks(self) -> list[AttributeMasks]:
-        """Per image: face parsing of the foundation image and/or the recorded attention maps."""
+    def build_masks(self, region: Tensor | None = None) -> list[AttributeMasks]:
+        """Per image: face parsing of the foundation image and/or the recorded attention maps; with a
+        ``region`` ((h, w), on where non-zero: an inpaint mask at any grid size, e.g. the latent's), every mask
+        is cut to it."""
         if self.foundation_images is None:
             return []
         self.host.check_interrupt()
@@ -297,6 +299,8 @@ class CureSession:
                 combine=self.options.mask_combine,
                 dilation=self.options.mask_dilation,
             )
+            if region is not None:
+                masks = masks.within(region_on_image(region, (int(height), int(width))))
             self.notes.extend(f"image {index}: {note}" for note in masks.notes)
             self.masks.append(masks)
         return self.masks

@@ -24,7 +24,7 @@ from freecure.attention import (
 )
 from freecure.pipeline.host import Branch, CallHooks, CureInterrupted
 from freecure.tokens import PromptColumns, phrase_columns, scheduled_columns
-from freecure.webui.hosts import attention_modules, model_family
+from freecure.webui.hosts import attention_modules, is_img2img_job, model_family
 from freecure.webui.identity import IdentitySwitch
 from freecure.webui.leftovers import release_leftovers
 
@@ -140,6 +140,8 @@ class A1111Host:
         self.unconditional = unconditional
         self.identity = identity
         self.is_hires = is_hires
+        # img2img/inpaint main pass: ``sample_img2img`` from the init latent, then the inpaint mask blend.
+        self.is_img2img = not is_hires and is_img2img_job(p)
         # What ``conditioning`` and ``unconditional`` were made from: a branch with the same gets them.
         self.conditioned_on = (tuple(p.hr_prompts if is_hires else p.prompts),
                                tuple(p.hr_negative_prompts if is_hires else p.negative_prompts))
@@ -181,6 +183,11 @@ class A1111Host:
     # -- passes --------------------------------------------------------------------------------------------
     def _steps(self) -> int:
         return (self.p.hr_second_pass_steps or self.p.steps) if self.is_hires else self.p.steps
+
+    def _img2img_steps(self) -> int | None:
+        """The ``steps`` argument the WebUI hands ``sample_img2img`` in this pass: the hires steps, none in
+        img2img (``StableDiffusionProcessingImg2Img.sample``)."""
+        return self._steps() if self.is_hires else None
 
     def _sampler_name(self) -> str:
         return (getattr(self.p, "hr_sampler_name", None) or self.p.sampler_name) if self.is_hires \
@@ -242,17 +249,25 @@ class A1111Host:
         from modules import rng
 
         saved_rng = self.p.rng
-        fresh = rng.ImageRNG(self.x.shape[1:], self.p.seeds, subseeds=self.p.subseeds,
-                             subseed_strength=self.p.subseed_strength,
-                             seed_resize_from_h=self.p.seed_resize_from_h,
-                             seed_resize_from_w=self.p.seed_resize_from_w)
-        fresh.next()  # the main pass has drawn its initial noise already
-        self.p.rng = fresh
-        try:
-            with self._pass_state(), self.identity.switched(on=branch.identity):
-                yield
-        finally:
-            self.p.rng = saved_rng
+        # Forked: Forge's inpainting noises the init latent outside the mask with torch's global generator at
+        # every call (``torch.randn_like``), which ``rng.randn`` seeds when it draws the initial noise; the
+        # main pass must draw from where it would have without our passes.
+        with torch.random.fork_rng(devices=self._cuda_devices()):
+            fresh = rng.ImageRNG(self.x.shape[1:], self.p.seeds, subseeds=self.p.subseeds,
+                                 subseed_strength=self.p.subseed_strength,
+                                 seed_resize_from_h=self.p.seed_resize_from_h,
+                                 seed_resize_from_w=self.p.seed_resize_from_w)
+            fresh.next()  # the main pass has drawn its initial noise already
+            self.p.rng = fresh
+            try:
+                with self._pass_state(), self.identity.switched(on=branch.identity):
+                    yield
+            finally:
+                self.p.rng = saved_rng
+
+    def _cuda_devices(self) -> list[torch.device]:
+        device = torch.device(self.device)
+        return [device] if device.type == "cuda" else []
 
     def sample(self, branch: Branch, hooks: CallHooks) -> torch.Tensor:
         from modules import sd_samplers
@@ -261,14 +276,41 @@ class A1111Host:
             c, uc = self._conds(branch)
             with self.routed(hooks, c):
                 sampler = sd_samplers.create_sampler(self._sampler_name(), self.p.sd_model)
-                image_conditioning = self.p.txt2img_image_conditioning(self.x)
-                if self.is_hires:
+                if self.is_img2img:
+                    # As StableDiffusionProcessingImg2Img.sample: no steps (they follow the denoising strength),
+                    # the init images' conditioning (inpainting models), and the mask blend afterwards.
+                    result = sampler.sample_img2img(self.p, self.x, self.noise, c, uc,
+                                                    image_conditioning=self.p.image_conditioning)
+                    result = self._inpaint_blend(result)
+                elif self.is_hires:
                     result = sampler.sample_img2img(self.p, self.x, self.noise, c, uc, steps=self._steps(),
-                                                    image_conditioning=image_conditioning)
+                                                    image_conditioning=self.p.txt2img_image_conditioning(self.x))
                 else:
-                    result = sampler.sample(self.p, self.x, c, uc, image_conditioning=image_conditioning)
+                    result = sampler.sample(self.p, self.x, c, uc,
+                                            image_conditioning=self.p.txt2img_image_conditioning(self.x))
         self.check_interrupt()
         return result
+
+    def _inpaint_blend(self, samples: torch.Tensor) -> torch.Tensor:
+        """The init latent outside the inpaint mask after sampling, and the scripts' ``on_mask_blend``, as
+        ``StableDiffusionProcessingImg2Img.sample`` does (A1111 1.10.1 and Forge 2)."""
+        p = self.p
+        if getattr(p, "mask", None) is None:
+            return samples
+        from modules import scripts
+
+        blended = samples * p.nmask + p.init_latent * p.mask
+        if p.scripts is not None:
+            args = scripts.MaskBlendArgs(samples, p.nmask, p.init_latent, p.mask, blended)
+            p.scripts.on_mask_blend(p, args)
+            blended = args.blended_latent
+        return blended
+
+    def inpaint_region(self) -> torch.Tensor | None:
+        """Where this pass may change the image: the inpaint mask at latent size (``p.nmask``, in the crop of
+        "Only masked"); None when the whole image is sampled."""
+        nmask = getattr(self.p, "nmask", None) if self.is_img2img else None
+        return None if nmask is None else nmask[0]
 
     def run(self, fn: Callable[..., torch.Tensor], x: torch.Tensor, branch: Branch,
             hooks: CallHooks) -> torch.Tensor:
@@ -292,19 +334,27 @@ class A1111Host:
                         return fn(model, x, extra_args=extra_args, callback=callback)
 
                     sampler.func = loop
+                    # An inpainting model needs the masked init image it sampled with in img2img.
+                    image_conditioning = self.p.image_conditioning if self.is_img2img \
+                        else self.p.txt2img_image_conditioning(x)
                     result = sampler.sample_img2img(self.p, x, torch.zeros_like(x), c, uc, steps=self._steps(),
-                                                    image_conditioning=self.p.txt2img_image_conditioning(x))
+                                                    image_conditioning=image_conditioning)
             finally:
                 self.p.denoising_strength, self.p.cfg_scale = saved_strength, saved_cfg
         self.check_interrupt()
         return result
 
     def schedule(self) -> torch.Tensor:
-        from modules import sd_samplers
+        """The sigmas this pass samples: txt2img's whole schedule; in a ``sample_img2img`` pass (img2img,
+        inpaint, hires) the tail that the denoising strength leaves, as ``sample_img2img`` cuts it."""
+        from modules import sd_samplers, sd_samplers_common
 
         sampler = sd_samplers.create_sampler(self._sampler_name(), self.p.sd_model)
         with self._pass_state():
-            return sampler.get_sigmas(self.p, self._steps())
+            if not (self.is_img2img or self.is_hires):
+                return sampler.get_sigmas(self.p, self._steps())
+            steps, t_enc = sd_samplers_common.setup_img2img_steps(self.p, self._img2img_steps())
+            return sampler.get_sigmas(self.p, steps)[steps - t_enc - 1:]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         from modules import devices, processing

@@ -145,11 +145,14 @@ class Controller:
         """Run the foundation when the WebUI's sampler starts this pass, not in this hook: the extensions whose
         hook runs after ours (Forge's patch the UNet here, and ``p.modified_noise`` may replace the noise) have
         then done their part, so the foundation samples what the pass samples. A one-shot instance attribute on
-        this pass's sampler (``modules/processing.py`` creates it before the hook), gone at its first call.
+        this pass's sampler (``modules/processing.py`` creates it before the hook), gone at its first call:
+        ``sample`` in txt2img, ``sample_img2img`` in the hires pass and in img2img/inpaint jobs (both call it as
+        ``sample_img2img(p, x, noise, c, uc, ...)``, x being the latent sampling starts from).
 
         Forge 2 calls this hook twice in the hires pass (``sample_hr_pass``: before and after resetting
         ``forge_objects``), Forge Neo once: a later call's wrapper replaces an earlier one's."""
-        method = "sample_img2img" if is_hires else "sample"
+        from_latent = is_hires or hosts.is_img2img_job(p)
+        method = "sample_img2img" if from_latent else "sample"
         sampler = getattr(p, "sampler", None)
         installed = getattr(sampler, "__dict__", {}).get(method)
         original = getattr(installed, "freecure_wraps", None) or getattr(sampler, method, None)
@@ -160,7 +163,7 @@ class Controller:
         def sample(sampling_p: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
             if sampler.__dict__.get(method) is sample:
                 del sampler.__dict__[method]
-            noise = args[0] if is_hires else x  # sample_img2img(p, x, noise, c, uc, ...); sample(p, x, c, uc, ...)
+            noise = args[0] if from_latent else x  # sample_img2img(p, x, noise, c, uc, ...); sample(p, x, c, uc, ...)
             self._start_cure_or_note(p, state, x=x, noise=noise, c=c, uc=uc, is_hires=is_hires)
             return original(sampling_p, x, *args, **kwargs)
 
@@ -227,7 +230,8 @@ class Controller:
         ran = session.foundation(cache, key) is not None
         if ran:
             shared.state.nextjob()
-            session.build_masks()
+            # Inpainting: the cure acts inside the inpaint mask only (outside it the WebUI keeps the init image).
+            session.build_masks(region=host.inpaint_region())
             if options.debug_images:
                 label = ("hi-res" if is_hires else "low-res") if getattr(p, "enable_hr", False) else ""
                 state.debug.extend(debug_images(session, label))
