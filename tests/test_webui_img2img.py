@@ -42,6 +42,8 @@ MASK = box_mask(INIT.size, (8, 16, 56, 56))  # most of the image: the attention 
 INPAINT = {"mask": MASK, "inpainting_fill": 1, "inpaint_full_res": False, "mask_blur": 0}
 ONLY_MASKED = {**INPAINT, "inpaint_full_res": True, "inpaint_full_res_padding": 4}
 LAYOUTS = {"img2img": {}, "inpaint": INPAINT, "only masked": ONLY_MASKED}
+# A soft latent mask: the sampler's last step and the blend after sampling no longer agree outside it.
+UNROUNDED = {**INPAINT, "mask_blur": 4, "mask_round": False}
 PLAIN_PROMPT = "a photo of a woman with red hair"  # nothing for the identity switch to switch off
 # Noise blending toward a foundation that equals the personalized pass changes nothing, bit for bit.
 NO_OP_BLEND = {"enabled": True, "method": "blend", "blend_weight": 0.9, "blend_start": 0.0, "attributes": "hair",
@@ -90,11 +92,11 @@ def test_controls_axes_and_paste_in_the_img2img_tab(webui: WebUIHost) -> None:
 
 # -- the foundation pass ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("layout", [*LAYOUTS, "unrounded mask"])
 def test_foundation_is_the_plain_img2img_without_identity(webui: WebUIHost, layout: str) -> None:
     """Same init latent, noise, strength, sampler, schedule and inpaint mask handling, LoRA and trigger word
     off: the foundation latents are those of the plain img2img job with the foundation prompt."""
-    fields = LAYOUTS[layout]
+    fields = LAYOUTS.get(layout, UNROUNDED)
     p = img2img_job(webui, CURE, INIT, **fields)
     webui.process(p)
     session = session_of(p)
@@ -108,8 +110,30 @@ def test_foundation_is_the_plain_img2img_without_identity(webui: WebUIHost, layo
     assert torch.equal(session.foundation_latents, samples[0])
     if layout != "img2img":
         # Outside the inpaint mask the foundation is the init latent, as in the plain job.
-        outside = plain.mask.bool()
+        outside = plain.mask == 1
         assert torch.equal(session.foundation_latents[0][outside], plain.init_latent[0][outside])
+
+
+def test_foundation_gets_the_image_conditioning_of_the_init_images(webui: WebUIHost) -> None:
+    """What an inpainting model reads besides the prompt (``p.image_conditioning``: the masked init image and
+    the mask) reaches every call of the foundation pass as it reaches the main pass. The stand-in models have
+    no inpainting variant, so the job's conditioning is made distinguishable from txt2img's dummy here."""
+    p = img2img_job(webui, CURE, INIT, **INPAINT)
+    marked = torch.randn(1, 5, 1, 1, generator=torch.Generator().manual_seed(3))
+    p.img2img_image_conditioning = lambda *_args, **_kwargs: marked.clone()
+    seen: list[torch.Tensor] = []
+
+    def record(params: Any) -> None:
+        seen.append(params.image_cond.clone())
+
+    webui.script_callbacks.on_cfg_denoiser(record)
+    try:
+        webui.process(p)
+    finally:
+        webui.script_callbacks.remove_callbacks_for_function(record)
+    assert len(seen) == 2 * 3  # foundation and main pass, int(0.6 * 4) + 1 steps each
+    for image_cond in seen:
+        assert torch.equal(image_cond[-1:], marked), "the init images' conditioning in every call"
 
 
 @pytest.mark.parametrize("strength", [0.3, 0.75, 1.0])
@@ -119,13 +143,15 @@ def test_an_identity_switch_that_changes_nothing_gives_the_plain_image(webui: We
     fields = {**LAYOUTS[layout], "denoising_strength": strength, "prompt": PLAIN_PROMPT}
     if layout == "inpaint":
         fields["batch_size"] = 2
+    if layout == "img2img":
+        fields["n_iter"] = 2  # batch count: a foundation per batch
     plain = run_img2img(webui, None, INIT, **fields)
     p = img2img_job(webui, NO_OP_BLEND, INIT, **fields)
     cured = webui.process(p)
-    session = session_of(p)
+    session = session_of(p)  # the last batch's
     assert session.foundation_latents is not None and all(m.union.any() for m in session.masks), \
         "the foundation ran and every image has a mask to blend in"
-    assert len(cured.images) == len(plain.images) == fields.get("batch_size", 1)
+    assert len(cured.images) == len(plain.images) == fields.get("batch_size", 1) * fields.get("n_iter", 1)
     for cured_image, plain_image in zip(cured.images, plain.images, strict=True):
         assert torch.equal(image_tensor(cured_image), image_tensor(plain_image))
     assert webui.errors == []
