@@ -210,6 +210,14 @@ def test_an_empty_inpaint_mask_gives_the_plain_image(webui: WebUIHost) -> None:
     assert "every mask is empty" in cured.infotexts[0]
 
 
+@pytest.mark.parametrize("hires", ["hi-res", "both"])
+def test_the_one_img2img_pass_is_cured_whatever_the_hires_setting(webui: WebUIHost, hires: str) -> None:
+    p = img2img_job(webui, {**CURE, "hires": hires}, INIT)
+    result = webui.process(p)
+    assert session_of(p).foundation_latents is not None
+    assert "img2img has no hires pass" in result.infotexts[0]
+
+
 def test_soft_inpainting_is_refused_with_a_note() -> None:
     from pathlib import Path
 

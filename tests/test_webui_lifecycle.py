@@ -1,6 +1,6 @@
 """A failure inside the WebUI's own sampling during a cured job (out of memory, NansException, another
 extension's exception) skips ``post_sample`` and ``postprocess``: nothing of the cure may survive into the
-next job of any kind, also an img2img job, whose tab does not run FreeCure's hooks."""
+next job of any kind, also a plain img2img job."""
 
 from __future__ import annotations
 

@@ -104,10 +104,15 @@ class Controller:
             return
         if settings.downloads_forbidden() and options.allow_download:
             options = options.with_overrides({"allow_download": False})
+        single_pass = hosts.is_img2img_job(p) and options.hires != "low-res"
+        if single_pass:
+            options = options.with_overrides({"hires": "low-res"})
         family = hosts.model_family(p.sd_model)
         state = JobState(options.resolved(family))
         setattr(p, STATE_ATTR, state)
         p.extra_generation_params.update(options.to_infotext())
+        if single_pass:
+            state.note(p, "img2img has no hires pass: its one pass is cured (the hires setting does not apply)")
         reason = hosts.unsupported_reason(p) or (hosts.blend_unsupported(p) if options.method == "blend" else None)
         if reason:
             state.note(p, f"skipped: {reason}")

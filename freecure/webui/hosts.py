@@ -45,9 +45,9 @@ def is_forge(sd_model: Any) -> bool:
 
 
 def is_img2img_job(p: Any) -> bool:
-    """An img2img or inpaint job: ``StableDiffusionProcessingImg2Img`` has encoded its init images (``init``)
-    before any sampling hook runs; txt2img has no ``init_latent``."""
-    return getattr(p, "init_latent", None) is not None
+    """An img2img or inpaint job (``StableDiffusionProcessingImg2Img``, from every hook on): it has init images,
+    txt2img has no such field."""
+    return getattr(p, "init_images", None) is not None
 
 
 def enabled_script(p: Any, title: str) -> bool:
