@@ -4,7 +4,8 @@ Every expected value here was produced by running the real functions, outside th
 ``modules/prompt_parser.py`` of A1111 v1.10.1 (82a973c0) with lark 1.1.2 (its pinned version);
 ``tokenize_line`` of A1111's ``modules/sd_hijack_clip.py`` (82a973c0) and of Forge 2's
 ``backend/text_processing/classic_engine.py`` (dfdcbab6) over the stand-in's word vocabulary
-(``stand_in.text.tokenize_text``, comma token ``token_id(",")``, no embeddings). Forge's
+(``stand_in.text.tokenize_text``, comma token ``token_id(",")``; embeddings through the real
+``EmbeddingDatabase`` of ``modules/textual_inversion/textual_inversion.py``). Forge's
 ``compile_weighted_conditions`` is checked in test_stub_forge.py.
 """
 
@@ -130,3 +131,42 @@ def test_emphasis_none_reads_the_line_as_it_is(host, monkeypatch):
     assert _columns(host, "a woman BREAK red hair, (a hat:1.2)") == \
         (1, 14, {"red": [4], "hair": [5], "hat": [9], ",": [6]})
 
+
+
+def _register(host, name, vectors):
+    """An embedding of ``vectors`` vectors, registered where the host keeps them (A1111: the hijack's
+    database, by the model's tokenizer; Forge 2: each text engine's own). Returns the unregistering call."""
+    from modules.textual_inversion.textual_inversion import Embedding
+
+    embedding = Embedding(None, name)
+    embedding.vectors = vectors
+    if host.kind == "forge":
+        database = _text_engine(host).embeddings
+        database.register_embedding(embedding)
+        return lambda: database.register_embedding_by_name(None, name)
+    database = host.sd_hijack.model_hijack.embedding_db
+    database.register_embedding(embedding, host.shared.sd_model)
+    return lambda: database.register_embedding_by_name(None, host.shared.sd_model, name)
+
+
+def test_an_embedding_takes_its_vectors_positions_and_opens_a_chunk_when_they_do_not_fit(host):
+    removals = [_register(host, "emb", 2), _register(host, "emb-face", 5)]
+    engine = _text_engine(host)
+    try:
+        assert _columns(host, "a emb woman with red hair")[:2] == (1, 7)
+        chunks, _ = engine.tokenize_line("a emb woman with red hair")
+        assert chunks[0].tokens[2:4] == [0, 0] and [(f.offset, f.embedding.name) for f in chunks[0].fixes] == \
+            [(1, "emb")]
+        assert _columns(host, "a emb woman with red hair")[2]["hair"] == [7]
+        # 73 words leave 2 places in chunk 0: the 5 vectors start chunk 1
+        line = " ".join(f"w{i}" for i in range(73)) + " emb-face red hair"
+        chunks, count = engine.tokenize_line(line)
+        assert (len(chunks), count) == (2, 82) and chunks[1].tokens[1:6] == [0] * 5
+        assert [(f.offset, f.embedding.name) for f in chunks[1].fixes] == [(0, "emb-face")]
+        assert _columns(host, line)[2]["red"] == [83]
+        chunks, _ = engine.tokenize_line("(emb:1.5) red hair")
+        assert chunks[0].multipliers[1:3] == [1.5, 1.5]
+    finally:
+        for remove in removals:
+            remove()
+    assert _columns(host, "a emb woman with red hair")[2]["hair"] == [6], "unregistered: the name's own tokens"

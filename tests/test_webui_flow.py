@@ -317,10 +317,15 @@ def test_hires_debug_images_name_their_pass(webui: WebUIHost) -> None:
 
 
 def test_embeddings_become_the_class_word_and_sources_can_stay_on(webui: WebUIHost) -> None:
-    from modules import sd_hijack
+    from modules import sd_hijack, shared
     from modules.textual_inversion.textual_inversion import Embedding
 
-    sd_hijack.model_hijack.embedding_db.register_embedding(Embedding(None, "ohwx-face"))
+    embedding = Embedding(None, "ohwx-face")
+    embedding.vectors = 2
+    if webui.kind == "forge":  # Forge 2 keeps them per text engine
+        shared.sd_model.text_processing_engine.embeddings.register_embedding(embedding)
+    else:
+        sd_hijack.model_hijack.embedding_db.register_embedding(embedding, shared.sd_model)
     recorded: list[str] = []
     parser = webui.prompt_parser
     original = parser.get_multicond_learned_conditioning

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import torch
-from stand_in.text import ChunkedTokenizer, PromptChunk, ToyTextEncoder
+from stand_in.text import ChunkedTokenizer, PromptChunk, PromptChunkFix, ToyTextEncoder
 from torch import nn
 
-__all__ = ["FrozenCLIPEmbedderForSDXLWithCustomWords", "FrozenCLIPEmbedderWithCustomWords", "PromptChunk"]
+__all__ = ["FrozenCLIPEmbedderForSDXLWithCustomWords", "FrozenCLIPEmbedderWithCustomWords", "PromptChunk",
+           "PromptChunkFix"]
 
 
 class FrozenCLIPEmbedderWithCustomWords(ChunkedTokenizer, nn.Module):

@@ -8,13 +8,15 @@ setting "None"), ``BREAK`` closes a chunk, a chunk holds 75 tokens and is stored
 ``id_end``, short chunks padded with ``id_end``), and a token that finds its chunk full moves the text after
 the chunk's last comma into the next chunk when that comma is at most ``comma_padding_backtrack`` tokens
 back (A1111: the setting, 20 by default; Forge: always 20). Context column of a token = chunk index * 77 +
-position in ``chunk.tokens``. Textual inversion embeddings are not expanded (the toy encoder has no
-embedding vectors).
+position in ``chunk.tokens``. A textual inversion embedding's name takes ``embedding.vectors`` positions
+(token 0, starting a new chunk when they do not fit; ``chunk.fixes`` says where), as in the real function;
+the toy encoder puts no embedding vectors there.
 """
 
 import math
 import re
 import zlib
+from collections import namedtuple
 
 import torch
 from torch import nn
@@ -31,6 +33,9 @@ def token_id(token: str) -> int:
 
 def tokenize_text(text: str) -> list[int]:
     return [token_id(t) for t in re_token.findall(text.lower())]
+
+
+PromptChunkFix = namedtuple("PromptChunkFix", ["offset", "embedding"])
 
 
 class PromptChunk:
@@ -76,41 +81,64 @@ class ChunkedTokenizer:
 
         return prompt_parser.parse_prompt_attention(line) if shared.opts.emphasis != "None" else [[line, 1.0]]
 
+    def embedding_at(self, ids: list[int], position: int) -> tuple:
+        """(embedding, length of its name in ids) of the loaded embedding named at ``ids[position:]``, or
+        (None, None): A1111 looks in ``sd_hijack.model_hijack.embedding_db``."""
+        from modules import sd_hijack
+
+        return sd_hijack.model_hijack.embedding_db.find_embedding_at_position(ids, position)
+
     def tokenize_line(self, line: str) -> tuple[list[PromptChunk], int]:
         chunks: list[PromptChunk] = []
         tokens: list[int] = []
         multipliers: list[float] = []
+        fixes: list[PromptChunkFix] = []
         last_comma = -1  # index in ``tokens`` of the open chunk's last comma
         token_count = 0
         backtrack = self.comma_padding_backtrack()
 
         def close_chunk(is_last: bool = False) -> None:
-            nonlocal token_count, tokens, multipliers, last_comma
+            nonlocal token_count, tokens, multipliers, fixes, last_comma
             token_count += len(tokens) if is_last else self.chunk_length
             padding = self.chunk_length - len(tokens)
             chunk = PromptChunk()
             chunk.tokens = [self.id_start, *tokens, *[self.id_end] * padding, self.id_end]
             chunk.multipliers = [1.0, *multipliers, *[1.0] * padding, 1.0]
+            chunk.fixes = fixes
             chunks.append(chunk)
-            tokens, multipliers, last_comma = [], [], -1
+            tokens, multipliers, fixes, last_comma = [], [], [], -1
 
         for text, weight in self.parse_emphasis(line):
             if text == "BREAK" and weight == -1:
                 close_chunk()
                 continue
-            for token in self.tokenize([text])[0]:
-                if token == self.comma_token:
+            ids = self.tokenize([text])[0]
+            position = 0
+            while position < len(ids):
+                if ids[position] == self.comma_token:
                     last_comma = len(tokens)
                 elif (backtrack and len(tokens) == self.chunk_length and last_comma != -1
                       and len(tokens) - last_comma <= backtrack):
+                    # the moved text's embedding fixes stay behind, as in the real function
                     moved_tokens, moved_multipliers = tokens[last_comma + 1:], multipliers[last_comma + 1:]
                     del tokens[last_comma + 1:], multipliers[last_comma + 1:]
                     close_chunk()
                     tokens, multipliers = moved_tokens, moved_multipliers
                 if len(tokens) == self.chunk_length:
                     close_chunk()
-                tokens.append(token)
-                multipliers.append(weight)
+                embedding, name_length = self.embedding_at(ids, position)
+                if embedding is None:
+                    tokens.append(ids[position])
+                    multipliers.append(weight)
+                    position += 1
+                    continue
+                vectors = int(embedding.vectors)
+                if len(tokens) + vectors > self.chunk_length:
+                    close_chunk()
+                fixes.append(PromptChunkFix(len(tokens), embedding))
+                tokens += [0] * vectors
+                multipliers += [weight] * vectors
+                position += name_length
         if tokens or not chunks:
             close_chunk(is_last=True)
         return chunks, token_count

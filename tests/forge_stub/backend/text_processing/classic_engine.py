@@ -1,12 +1,15 @@
 """``backend/text_processing/classic_engine.py`` (Forge 2, dfdcbab6): ``ClassicTextProcessingEngine``
 (``tokenize``, ``tokenize_line``, ``chunk_length``, ``id_start``/``id_end``/``id_pad``), over the toy encoder.
 Its ``tokenize_line`` chunks as A1111's does but backtracks to a comma at most 20 tokens back whatever the
-settings say (``comma_padding_backtrack = 20`` in the function)."""
+settings say (``comma_padding_backtrack = 20`` in the function), and finds embeddings in its own
+``embeddings`` database."""
 
 from __future__ import annotations
 
 from stand_in.text import ChunkedTokenizer, ToyTextEncoder
 from torch import nn
+
+from backend.text_processing.textual_inversion import EmbeddingDatabase
 
 
 class ClassicTextProcessingEngine(ChunkedTokenizer):
@@ -15,9 +18,13 @@ class ClassicTextProcessingEngine(ChunkedTokenizer):
         super().__init__()
         self.text_encoder = text_encoder
         self.return_pooled = return_pooled
+        self.embeddings = EmbeddingDatabase(self.tokenize)
 
     def comma_padding_backtrack(self) -> int:
         return 20
+
+    def embedding_at(self, ids, position):
+        return self.embeddings.find_embedding_at_position(ids, position)
 
     def __call__(self, texts):
         z = self.text_encoder.encode_lines(self, list(texts))
