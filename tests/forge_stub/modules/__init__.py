@@ -1,6 +1,6 @@
 """Stand-in of the Forge 2 (``2.0.1v1.10.1``) ``modules`` package for CPU tests.
 
-Forge keeps A1111 1.10's ``modules`` and changes a few files. Here only those files exist (processing,
+Forge keeps A1111 1.10's ``modules`` and changes a few files. Here only those files exist (processing, sd_hijack,
 the CFG denoiser, the k-diffusion sampler, ui_components); every other ``modules.X`` is found in the
 A1111 stand-in (``tests/webui_stub/modules``) through this package's search path, and imports
 ``modules.Y`` from here first. ``ldm``/``sgm`` are *not* importable, as on Forge 2.
