@@ -328,6 +328,17 @@ class CureSession:
 
     # --- stage 3: cure --------------------------------------------------------------------------------
 
+    @property
+    def cures(self) -> bool:
+        """Whether the cure pass (with the masks of ``build_masks``) is more than the plain personalized pass."""
+        return self._cures_with(self._union_masks())
+
+    def _union_masks(self) -> list[Tensor]:
+        return [torch.from_numpy(m.union) for m in self.masks]
+
+    def _cures_with(self, masks: Sequence[Tensor]) -> bool:
+        return self.plan.cure and self.foundation_latents is not None and any(bool(m.any()) for m in masks)
+
     @contextmanager
     def curing(self, masks: Sequence[Tensor] | None = None) -> Iterator[PlainHooks]:
         """Context for the personalized pass; yields the hooks the host's denoiser must call.
@@ -336,8 +347,8 @@ class CureSession:
         to cure (no attribute, weight <= 0, every mask empty) nothing is installed and the pass is the
         plain personalized one, bit for bit.
         """
-        masks = list(masks) if masks is not None else [torch.from_numpy(m.union) for m in self.masks]
-        if not self.plan.cure or self.foundation_latents is None or not any(bool(m.any()) for m in masks):
+        masks = list(masks) if masks is not None else self._union_masks()
+        if not self._cures_with(masks):
             if self.plan.cure:
                 self.notes.append("every mask is empty: the cure pass is the plain personalized pass")
             hooks = PlainHooks()

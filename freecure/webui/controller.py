@@ -23,6 +23,7 @@ from freecure.parsing import free_models
 from freecure.pipeline import CureError, CureInterrupted, CureSession, plan_cure
 from freecure.pipeline.foundation_cache import FoundationCache
 from freecure.webui import hosts, leftovers, settings
+from freecure.webui.adetailer import FacePasses, is_face_pass
 from freecure.webui.controls import options_from_script_args
 from freecure.webui.debug import debug_images
 from freecure.webui.foundation_key import foundation_key
@@ -55,6 +56,7 @@ class JobState:
     """What FreeCure knows about one job (one X/Y/Z cell); lives on ``p``."""
 
     options: Options
+    owner_id: int  # id of the job's p: another extension's copy(p) carries this state but is not the job
     notes: list[str] = field(default_factory=list)
     identity_sources: list[str] = field(default_factory=list)
     session: CureSession | None = None
@@ -62,6 +64,7 @@ class JobState:
     apg_session: CureSession | None = None  # APG on a later, uncured pass's samples (hires=low-res)
     cure: contextlib.ExitStack | None = None
     debug: list[tuple[Any, str]] = field(default_factory=list)
+    cured_passes: int = 0  # passes whose cure acted and sampled to the end without failing
 
     def note(self, p: Any, message: str) -> None:
         if message not in self.notes:
@@ -72,6 +75,12 @@ class JobState:
 
 def job_state(p: Any) -> JobState | None:
     return getattr(p, STATE_ATTR, None)
+
+
+def is_copy_of_a_job(p: Any) -> bool:
+    """A copy of a FreeCure job made by another extension (ADetailer's ``copy(p)``), not a job itself."""
+    state = job_state(p)
+    return state is not None and state.owner_id != id(p)
 
 
 def selected_pass(hires_option: str, is_hires_pass: bool) -> bool:
@@ -89,13 +98,24 @@ def pass_prompts(p: Any, is_hires: bool) -> tuple[list[str], list[str], float]:
 
 
 class Controller:
-    """The script hooks' logic; one per script instance (tab). All per-job state lives on ``p``."""
+    """The script hooks' logic; one per script instance (tab). All per-job state lives on ``p``; ``face_passes``
+    follows the job whose images ADetailer's face passes (jobs of their own, with this tab's scripts) work on."""
+
+    def __init__(self) -> None:
+        self.face_passes = FacePasses()
 
     def process(self, p: Any, args: tuple[Any, ...]) -> None:
+        if is_copy_of_a_job(p):
+            return
         release_leftovers()
         setattr(p, STATE_ATTR, None)
+        face_pass = is_face_pass(p)
+        if not face_pass:
+            self.face_passes.start_job(p)
         try:
-            options = merged_overrides(options_from_script_args(args), p)
+            # A face pass has a copy of the job's script args but not its X/Y/Z cell: take the job's overrides.
+            cell = (self.face_passes.job or p) if face_pass else p
+            options = merged_overrides(options_from_script_args(args), cell)
         except OptionsError as error:
             p.extra_generation_params[ERROR_KEY] = str(error)
             report(f"not run: {error}")
@@ -108,7 +128,7 @@ class Controller:
         if single_pass:
             options = options.with_overrides({"hires": "low-res"})
         family = hosts.model_family(p.sd_model)
-        state = JobState(options.resolved(family))
+        state = JobState(options.resolved(family), owner_id=id(p))
         setattr(p, STATE_ATTR, state)
         p.extra_generation_params.update(options.to_infotext())
         if single_pass:
@@ -136,7 +156,7 @@ class Controller:
         if state is None:
             return
         # The first pass's cure must not leak into the hires pass.
-        failure = self._close_cure(state)
+        failure = self._finish_cure(state)
         if failure is not None:
             state.note(p, f"{failure}: the first pass is partly cured")
         is_hires = bool(getattr(p, "is_hr_pass", False))
@@ -258,7 +278,7 @@ class Controller:
         state = job_state(p)
         if state is None:
             return
-        failure = self._close_cure(state)
+        failure = self._finish_cure(state)
         session = state.session
         if failure is not None:
             # Half-cured is not an answer: the plain personalized image, exactly as without FreeCure.
@@ -291,7 +311,13 @@ class Controller:
             state.note(p, note)
 
     def postprocess(self, p: Any, processed: Any) -> None:
+        if is_copy_of_a_job(p):  # ADetailer's copy with an empty result: the job's own postprocess comes later
+            return
         state = job_state(p)
+        if is_face_pass(p):
+            self._report_face_pass(state)
+        else:
+            self.face_passes.end_job(p)
         if state is None:
             return
         failure = self._close_cure(state)  # only still open when post_sample never ran
@@ -302,6 +328,24 @@ class Controller:
         if state.debug:
             hosts.add_result_images(p, processed, state.debug)
             state.debug = []
+
+    def _report_face_pass(self, state: JobState | None) -> None:
+        """A face pass's outcome goes to the job's infotext: ADetailer keeps only the pass's image."""
+        if state is None:
+            return
+        job = self.face_passes.record(cured=state.cured_passes > 0)
+        job_notes = job_state(job) if job is not None else None
+        if job_notes is not None:
+            for note in state.notes:
+                job_notes.note(job, f"ADetailer face pass: {note}")
+
+    def _finish_cure(self, state: JobState) -> CureError | None:
+        """Close a cure whose pass sampled to the end, counting it when its attention work did not fail."""
+        had_cure = state.cure is not None and state.session is not None and state.session.cures
+        failure = self._close_cure(state)
+        if had_cure and failure is None:
+            state.cured_passes += 1
+        return failure
 
     @staticmethod
     def _close_cure(state: JobState) -> CureError | None:

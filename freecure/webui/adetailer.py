@@ -1,0 +1,47 @@
+"""FreeCure inside ADetailer's face passes (Bing-su/adetailer, ``scripts/!adetailer.py``).
+
+ADetailer inpaints each detected face from ``postprocess_image`` of a job: a new ``StableDiffusionProcessingImg2Img``
+marked ``_ad_inner``, with a copy of the job's script args, whose scripts are the job's always-on scripts named in
+its setting "Script names to apply to ADetailer" (file stems: ours is ``freecure``). FreeCure cures such a pass as
+any inpaint job, with the job's X/Y/Z overrides, and reports it in the job's infotext. ADetailer also calls every
+script's ``postprocess`` on ``copy(p)`` with an empty result before the face passes and ``before_process`` /
+``process`` on ``copy(p)`` after a batch's last image: such copies carry the job's state but are not jobs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+FACE_PASSES_KEY = "FreeCure ADetailer"
+
+
+def is_face_pass(p: Any) -> bool:
+    return bool(getattr(p, "_ad_inner", False))
+
+
+class FacePasses:
+    """The job whose images ADetailer works on now, and how many of the current image's face passes were cured."""
+
+    def __init__(self) -> None:
+        self.job: Any = None
+        self._image: tuple[int, int] | None = None
+        self._passes = self._cured = 0
+
+    def start_job(self, p: Any) -> None:
+        self.job, self._image = p, None
+
+    def end_job(self, p: Any) -> None:
+        if self.job is p:
+            self.job = self._image = None
+
+    def record(self, cured: bool) -> Any:
+        """Count one face pass of the job's current image; returns the job (None outside a known job)."""
+        job = self.job
+        if job is None:
+            return None
+        image = (getattr(job, "iteration", 0), getattr(job, "batch_index", 0))
+        if image != self._image:  # the infotext is per image: ADetailer runs after each image's sampling
+            self._image, self._passes, self._cured = image, 0, 0
+        self._passes += 1
+        self._cured += int(cured)
+        job.extra_generation_params[FACE_PASSES_KEY] = f"{self._cured}/{self._passes} face passes cured"
+        return job
