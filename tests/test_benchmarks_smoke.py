@@ -92,3 +92,13 @@ def test_a_cure_that_did_nothing_is_refused(monkeypatch):
     monkeypatch.setattr(bench_cure, "half_mask", lambda size: torch.zeros(size, size, dtype=torch.bool))
     with pytest.raises(RuntimeError, match="did not run fully"):
         bench_cure.run_cured(host, "fasa", case.size, PeakMemory(CPU))
+
+
+def test_parser_timing_with_the_trained_detector_parses_the_photos_face(tmp_path):
+    """``--trained-detector`` times detection and parsing of a real face, not a search that finds none."""
+    pytest.importorskip("retinaface")
+    weights = bench_cure.write_parser_weights(tmp_path, trained_detector=True)
+    log: list[str] = []
+    seconds = bench_cure.time_parser(bench_cure.astronaut(512), weights.models_dir, CPU, 1, log.append)
+    assert seconds > 0
+    assert log == ["  face parser 512x512: 1 face(s) parsed"]
