@@ -136,7 +136,7 @@ def build_masks(
     attention_maps: Mapping[str, np.ndarray] | None,
     source: str,
     combine: str,
-    dilation: int,
+    dilation: int | Mapping[str, int],
     min_area: float = DEFAULT_MIN_AREA,
 ) -> AttributeMasks:
     """One mask per attribute and their union, for an image of ``image_hw`` (H, W).
@@ -145,12 +145,17 @@ def build_masks(
     attention map only); ``attention_maps`` maps attribute names to their (h, w) maps. ``source`` is
     ``parser``, ``attention`` or ``both``; with ``both`` the two masks are joined by ``combine``
     (``union`` or ``intersection``), and when only one exists it is used alone. A parser that did not
-    run (``parse`` None or with a reason) falls back to attention, noted.
+    run (``parse`` None or with a reason) falls back to attention, noted. ``dilation``: pixels, for every
+    attribute or per attribute name.
     """
     _check_choice("mask_source", source, MASK_SOURCES)
     _check_choice("mask_combine", combine, MASK_COMBINES)
-    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 0:
-        raise ValueError(f"mask_dilation must be an integer >= 0 (pixels); got {dilation!r}")
+    dilations = dict(dilation) if isinstance(dilation, Mapping) else dict.fromkeys(attributes, dilation)
+    for name in attributes:
+        radius = dilations.get(name)
+        if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
+            field = f"mask_dilation of {name}" if isinstance(dilation, Mapping) else "mask_dilation"
+            raise ValueError(f"{field} must be an integer >= 0 (pixels); got {radius!r}")
     if not 0.0 <= min_area < 1.0:
         raise ValueError(f"min_area must be a fraction in [0, 1); got {min_area!r}")
     if len(image_hw) != 2 or not all(isinstance(n, int) and n > 0 for n in image_hw):
@@ -189,7 +194,7 @@ def build_masks(
         else:
             mask, sources[name] = np.zeros((height, width), dtype=bool), "none"
             notes.append(f"{name}: no parser parts and no attention map")
-        mask = dilate(mask, dilation)
+        mask = dilate(mask, dilations[name])
         if sources[name] != "none" and not mask.any():
             notes.append(f"{name}: mask is empty ({sources[name]})")
         per_attribute[name] = mask

@@ -38,6 +38,7 @@ class OptionsError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"FreeCure option '{field}': {message}")
         self.field = field
+        self.message = message
 
 
 def _shown(value: Any) -> str:
@@ -261,6 +262,61 @@ class _Faces(_Kind):
         return {"type": "string|array", "choices": ["all", "largest"], "items": self._index.describe()}
 
 
+@dataclass(frozen=True)
+class _PerAttribute(_Kind):
+    """A value per regional attribute, e.g. ``"hair:1.2, glasses:0.6"``: a dict, ``name:value`` (or
+    ``name=value``) items separated by commas or ``+``, or a list of such items or of pairs. Canonical form: a
+    tuple of (name, value) pairs in vocabulary order; attributes not named take the field's global setting."""
+
+    value: _Float | _Int
+    separators = ",+"
+    _NAMES = tuple(name for name, attribute in VOCABULARY.items() if attribute.regional)
+
+    def parse(self, name: str, value: Any) -> tuple[tuple[str, Any], ...]:
+        names = ", ".join(self._NAMES)
+        accepted = f'attribute:value items such as "hair:1.2, glasses:0.6" with attributes from {names}'
+        if isinstance(value, Mapping):
+            items = list(value.items())
+        else:
+            try:
+                parts = _split(name, value, self.separators)
+            except OptionsError:
+                raise OptionsError(name, f"must be {accepted}; got {_shown(value)}") from None
+            items = [self._pair(name, part, accepted) for part in parts]
+        values: dict[str, Any] = {}
+        for attribute, number in items:
+            key = attribute.strip().lower() if isinstance(attribute, str) else attribute
+            if key not in self._NAMES:
+                raise OptionsError(name, f"unknown attribute {_shown(attribute)}; accepted: {accepted}")
+            if key in values:
+                raise OptionsError(name, f"{key} is given twice")
+            try:
+                values[key] = self.value.parse(name, number)
+            except OptionsError as error:
+                raise OptionsError(name, f"{key}: {error.message}") from None
+        return tuple((n, values[n]) for n in self._NAMES if n in values)
+
+    @staticmethod
+    def _pair(name: str, part: Any, accepted: str) -> tuple[Any, Any]:
+        if isinstance(part, (list, tuple)) and len(part) == 2:
+            return part[0], part[1]
+        if isinstance(part, str):
+            for separator in ":=":
+                if separator in part:
+                    attribute, number = part.split(separator, 1)
+                    return attribute, number
+        raise OptionsError(name, f"must be {accepted}; got {_shown(part)}")
+
+    @staticmethod
+    def text(value: tuple[tuple[str, Any], ...]) -> str:
+        """The form users type, also one X/Y/Z cell: ``hair:1.2+glasses:0.6``."""
+        return "+".join(f"{n}:{v!r}" for n, v in value)
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "object", "keys": list(self._NAMES), "values": self.value.describe(),
+                "separators": list(self.separators)}  # fmt: skip
+
+
 def _setting(default: Any, kind: _Kind, doc: str) -> Any:
     return field(default=default, metadata={"kind": kind, "doc": doc})
 
@@ -329,6 +385,15 @@ class Options:
         False, _Bool(), "Keep the whole key/value bank in CPU memory (otherwise only what exceeds 20% of the"
         " model's GPU memory goes there)."
     )
+    attribute_strength: tuple[tuple[str, float], ...] = _setting(
+        (), _PerAttribute(_Float(0.0, 10.0)),
+        "FASA strength per attribute (e.g. hair:1.2, glasses:0.6); the others take strength; 0 leaves an "
+        "attribute uncured.",
+    )  # fmt: skip
+    attribute_dilation: tuple[tuple[str, int], ...] = _setting(
+        (), _PerAttribute(_Int(0, 64)),
+        "Mask dilation in pixels per attribute (e.g. earrings:8); the others take mask_dilation.",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -406,6 +471,13 @@ class Options:
             raise OptionsError("family", f"must be one of {', '.join(FAMILIES)}; got {_shown(family)}")
         return _FAMILY_STRENGTH[family] if self.strength is None else self.strength
 
+    def strength_of(self, attribute: str) -> float | None:
+        """FASA weight w of ``attribute``: its own strength, else ``strength`` (None until ``resolved``)."""
+        return dict(self.attribute_strength).get(attribute, self.strength)
+
+    def dilation_of(self, attribute: str) -> int:
+        return dict(self.attribute_dilation).get(attribute, self.mask_dilation)
+
     def resolved(self, family: str) -> Options:
         """These options with the per-family defaults filled in."""
         return dataclasses.replace(self, strength=self.effective_strength(family))
@@ -441,6 +513,8 @@ def _infotext_value(kind: _Kind, value: Any) -> str:
         return repr(value)
     if isinstance(value, str):
         return value if _bare(value) else json.dumps(value, ensure_ascii=False)
+    if isinstance(kind, _PerAttribute):
+        return json.dumps(kind.text(value))
     items = [str(v) for v in value]
     joinable = "+" in kind.separators  # word lists split on commas only, so they never join with "+"
     if items and (len(items) == 1 or joinable) and all(_bare(i, "+" if joinable else "") for i in items):

@@ -17,6 +17,8 @@
     "Networks that are not identity (comma-separated)": "Style LoRAs that stay on in the foundation pass.",
     "APG guidance": "asymmetric: guidance relative to the source prompt instead of the negative prompt.",
     "Hires fix": "Which pass is cured when hires fix is on.",
+    "Strength per attribute (e.g. hair:1.2, glasses:0.6)": "FASA strength for single attributes; the others take the strength above. 0 leaves an attribute as it is. In X/Y/Z cells join items with +.",
+    "Mask dilation per attribute (px, e.g. earrings:8)": "Grow single attribute masks further (small earrings, a hat brim); the others take the mask dilation.",
     "Keep the whole attention bank in CPU memory": "Without it, up to 20% of the model's GPU memory holds the bank and the rest goes to CPU memory; with it, none: plain peak memory, at some speed.",
     "FreeCure": "Restore the attributes your prompt asks for (hair, glasses, hat, expression) on portraits whose identity comes from a LoRA, an embedding or an identity adapter."
     };

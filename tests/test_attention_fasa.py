@@ -71,7 +71,8 @@ def reference_attention(attn, x_row, source_row, extra_kv=None, extra_bias=None,
     return out @ attn.to_out[0].weight.double().T + attn.to_out[0].bias.double()
 
 
-def run_cure(attn1, attn2, x_found, x, masks, weight, context=None, bank_dtype=torch.float32, roles=ROLES):
+def run_cure(attn1, attn2, x_found, x, masks, weight, context=None, bank_dtype=torch.float32, roles=ROLES,
+             attribute_weights=()):
     """Foundation pass on ``x_found`` (banks K/V), then the cure pass on ``x``; returns (output, bank)."""
     engine = AttentionEngine()
     bank = KVBank(dtype=bank_dtype)
@@ -79,7 +80,8 @@ def run_cure(attn1, attn2, x_found, x, masks, weight, context=None, bank_dtype=t
         with engine.recording(bank, {LAYER}, None):
             engine.begin_call(roles, GRID, 0.0)
             attn1(x_found)
-        with engine.curing(FasaSettings(frozenset({LAYER}), weight, masks=masks), bank):
+        settings = FasaSettings(frozenset({LAYER}), weight, masks=masks, attribute_weights=attribute_weights)
+        with engine.curing(settings, bank):
             engine.begin_call(roles, GRID, 0.0)
             out = attn1(x) if context is None else attn1(x, context=context)
     return out, bank
@@ -229,3 +231,46 @@ def test_fp16_bank_feeds_fasa_in_the_query_dtype():
     # The float16 bank rounds the foundation K/V: close to the exact float32 result, not equal.
     exact, _ = run_cure(attn1, attn2, x_found, x, masks, 1.5)
     assert relative_error(out[:2], exact[:2].double()) < 1e-2
+
+
+def test_a_strength_per_attribute_biases_each_attributes_foundation_tokens_by_its_own_weight():
+    """Hair tokens at w 2.5, glasses tokens at w 0.4; a token both touch takes the larger: float64 reference."""
+    attn1, attn2 = make_layer(seed=3)
+    generator = torch.Generator().manual_seed(3)
+    x_found, x = torch.randn(2, 4, N, DIM, generator=generator)
+    hair = torch.zeros(GRID[0] * 2, GRID[1] * 2, dtype=torch.bool)
+    hair[:6] = True  # token rows 0-2
+    glasses = torch.zeros_like(hair)
+    glasses[5:9, 2:10] = True  # token rows 2-4 (row 2 shared with hair: half of its area is hair's)
+    union = hair | glasses
+    pairs = [(2.5, hair), (0.4, glasses)]
+    out, _ = run_cure(attn1, attn2, x_found, x, [union, union], 1.0, attribute_weights=[pairs, pairs])
+    wk, wv = attn1.to_k.weight.double(), attn1.to_v.weight.double()
+    touched_hair = hair.float().view(GRID[0], 2, GRID[1], 2).amax(dim=(1, 3)).flatten() > 0
+    touched_glasses = glasses.float().view(GRID[0], 2, GRID[1], 2).amax(dim=(1, 3)).flatten() > 0
+    per_token = torch.where(touched_hair, 2.5, torch.where(touched_glasses, 0.4, 0.0)).double()
+    bias = torch.where(token_mask(union), per_token, torch.tensor(-math.inf, dtype=torch.float64))
+    for row in (0, 1):
+        found = (x_found[row].double() @ wk.T, x_found[row].double() @ wv.T)
+        ref = reference_attention(attn1, x[row], x[row], found, bias)
+        assert relative_error(out[row], ref) < 1e-5
+    # Not the single-weight result: the weights act.
+    single, _ = run_cure(attn1, attn2, x_found, x, [union, union], 1.0)
+    assert not torch.allclose(single[:2], out[:2], atol=1e-4)
+
+
+def test_equal_attribute_weights_are_the_single_weight_bit_for_bit():
+    attn1, attn2 = make_layer(seed=4)
+    generator = torch.Generator().manual_seed(4)
+    x_found, x = torch.randn(2, 4, N, DIM, generator=generator)
+    a, b = random_mask(generator, 0.3), random_mask(generator, 0.3)
+    masks = [a | b, a]
+    out, _ = run_cure(attn1, attn2, x_found, x, masks, 1.25, attribute_weights=[[(1.25, a), (1.25, b)], [(1.25, a)]])
+    single, _ = run_cure(attn1, attn2, x_found, x, masks, 1.25)
+    assert torch.equal(out, single)
+
+
+def test_attribute_weights_must_match_the_masks():
+    mask = torch.ones(4, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match="attribute_weights: 1 image"):
+        FasaSettings(frozenset({LAYER}), 1.0, masks=[mask, mask], attribute_weights=[[(1.0, mask)]])

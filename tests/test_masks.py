@@ -228,6 +228,16 @@ def test_dilation_applies_to_each_attribute_after_combining():
     )
 
 
+def test_dilation_per_attribute_grows_each_mask_by_its_own_radius():
+    masks = _build(dilation={"hair": 3, "glasses": 0, "beard": 1})
+    combined = (_labels() == HAIR) | _hair_attention_blob()
+    np.testing.assert_array_equal(masks.per_attribute["hair"], dilate(combined, 3))
+    np.testing.assert_array_equal(masks.per_attribute["glasses"], _labels() == GLASSES)
+    np.testing.assert_array_equal(masks.per_attribute["beard"], dilate(_beard(), 1))
+    with pytest.raises(ValueError, match="mask_dilation of glasses must be an integer >= 0"):
+        _build(dilation={"hair": 3, "beard": 1})
+
+
 def test_parsenet_labels_are_read_with_the_parsenet_table():
     labels = np.zeros((H, W), dtype=np.int32)
     labels[:5] = PART_LABELS["parsenet"]["hair"]  # 13, which is l_lip for BiSeNet

@@ -43,6 +43,8 @@ EXPECTED = Options(
     faces=(0, 2),
     allow_download=True,
     offload_bank=True,
+    attribute_strength=(("hair", 1.2), ("glasses", 0.6)),
+    attribute_dilation=(("earrings", 8),),
 )
 
 # What Gradio hands over: ints from integer sliders, lists from multiselect dropdowns, text boxes.
@@ -75,6 +77,8 @@ UI_VALUES = {
     "faces": "0,2",
     "allow_download": True,
     "offload_bank": True,
+    "attribute_strength": "glasses:0.6, hair:1.2",
+    "attribute_dilation": "earrings:8",
 }
 
 # What an X/Y/Z axis or an infotext paste hands over: strings everywhere.
@@ -85,6 +89,7 @@ STRING_VALUES = {
     "faces": "2+0",
     "mask_dilation": "4",
     "enabled": "true",
+    "attribute_strength": "hair:1.2+glasses:0.6",
 }
 
 
@@ -226,6 +231,9 @@ _random_options = st.fixed_dictionaries(
         "faces": st.one_of(st.sampled_from(["all", "largest"]), st.lists(st.integers(0, 99), min_size=1)),
         "allow_download": st.booleans(),
         "offload_bank": st.booleans(),
+        "attribute_strength": st.dictionaries(st.sampled_from(["hair", "glasses", "hat", "earrings"]),
+                                              st.floats(0.0, 10.0)),
+        "attribute_dilation": st.dictionaries(st.sampled_from(["hair", "beard"]), st.integers(0, 64)),
     }
 )
 
@@ -310,6 +318,13 @@ ERRORS = [
     ({"faces": ["all", 3]}, "faces", ["all", "largest"]),
     ({"allow_download": None}, "allow_download", ["true", "false"]),
     ({"offload_bank": "0"}, "offload_bank", ["true", "false"]),
+    ({"attribute_strength": "hair"}, "attribute_strength", ["hair:1.2", "glasses", "earrings"]),
+    ({"attribute_strength": "hair:1, hair:2"}, "attribute_strength", ["hair", "twice"]),
+    ({"attribute_strength": "hair:11"}, "attribute_strength", ["hair", "0", "10"]),
+    ({"attribute_strength": "expression:1"}, "attribute_strength", ["'expression'", "hair"]),
+    ({"attribute_strength": 1.5}, "attribute_strength", ["attribute:value"]),
+    ({"attribute_dilation": {"chair": 3}}, "attribute_dilation", ["'chair'", "hair"]),
+    ({"attribute_dilation": "hair:2.5"}, "attribute_dilation", ["hair", "whole number", "64"]),
     ({"enabled": "on"}, "enabled", ["true", "false"]),
 ]
 

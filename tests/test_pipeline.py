@@ -4,6 +4,7 @@ samplers, identity hooks kept, nothing left installed after success or failure."
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from identity_sim import AdapterIdentity, LoraIdentity, RolesHooks, block_mask, installed_state
@@ -219,6 +220,49 @@ def test_plan_cure_decisions():
     assert plan_cure(options(apg="auto").resolved("sd1"), analysis).apg
     assert not plan_cure(options(apg="auto").resolved("sd1"), analyze_prompt("a man")).apg
     assert not plan_cure(options(strength=0.0).resolved("sdxl"), analysis).cure
+
+
+def test_plan_cure_with_a_strength_per_attribute():
+    analysis = analyze_prompt("a man with red hair and glasses")
+    plan = plan_cure(options(attribute_strength="hair:0").resolved("sd1"), analysis)
+    assert plan.attributes == ("glasses",) and plan.cure
+    assert plan.notes == ["strength 0 for hair: not cured"]
+    only_hair = plan_cure(options(strength=0.0, attribute_strength="hair:1.2").resolved("sd1"), analysis)
+    assert only_hair.attributes == ("hair",) and only_hair.cure
+    nothing = plan_cure(options(strength=0.0, attribute_strength="hair:0").resolved("sd1"), analysis)
+    assert not nothing.cure
+    blend = plan_cure(options(method="blend", attribute_strength="hair:0").resolved("sd1"), analysis)
+    assert blend.attributes == ("hair", "glasses") and blend.notes == [
+        "attribute_strength is for fasa; blend uses blend_weight in every mask"]
+
+
+def test_strengths_per_attribute_act_in_the_cure_and_equal_ones_are_the_single_strength(unet):
+    """hair and glasses at the global strength: bit-identical to no per-attribute strength; at other
+    strengths the cure changes, and each attribute's strength changes it."""
+    prompt = "a photo of a woman with red hair and glasses"
+    hair = block_mask(LATENT, slice(0, 4), slice(None))
+    glasses = block_mask(LATENT, slice(4, 6), slice(2, 6))
+    host = make_host(unet, set_identity=LoraIdentity(unet).set)
+
+    def cured(**overrides) -> torch.Tensor:
+        session = new_session(host, prompt, strength=0.5, **overrides)
+        session.foundation()
+        session.build_masks()
+        on_image = {name: np.kron(mask.numpy(), np.ones((8, 8), dtype=bool)) for name, mask in
+                    (("hair", hair), ("glasses", glasses))}
+        for masks in session.masks:  # fixed masks: random weights make arbitrary attention masks
+            masks.per_attribute.update(on_image)
+            masks.union[...] = on_image["hair"] | on_image["glasses"]
+        with session.curing() as hooks:
+            return host.sample(session.personalized, hooks)
+
+    single = cured()
+    assert torch.equal(cured(), single)
+    assert torch.equal(cured(attribute_strength="hair:0.5, glasses:0.5"), single)
+    stronger_hair = cured(attribute_strength="hair:2.0")
+    stronger_glasses = cured(attribute_strength="glasses:2.0")
+    assert not torch.equal(stronger_hair, single) and not torch.equal(stronger_glasses, single)
+    assert not torch.equal(stronger_hair, stronger_glasses)
 
 
 # --- samplers and call counts --------------------------------------------------------------------------------

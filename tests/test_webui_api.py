@@ -49,6 +49,8 @@ def post(client: TestClient, payload: dict, path: str = "/sdapi/v1/txt2img"):
         ([True, "fasa", "auto", float("nan")], "strength"),
         ([True, "fasa", ["auto"], 20.0], "strength"),
         ([True, "paint"], "method"),
+        ([{"attribute_strength": "hair:11"}], "attribute_strength"),
+        ([{"attribute_dilation": {"wings": 2}}], "attribute_dilation"),
     ],
 )
 def test_invalid_settings_are_refused_with_the_field(client: TestClient, args: list, field: str) -> None:
@@ -66,6 +68,7 @@ def test_invalid_settings_are_refused_with_the_field(client: TestClient, args: l
     [
         [True, {"method": "blend", "attributes": "hair+glasses"}],
         [{"enabled": True, "strength": 0.8}],
+        [{"attribute_strength": {"hair": 1.2, "glasses": 0.6}, "attribute_dilation": "earrings:8"}],
         [True, "blend"],  # the WebUI fills the missing trailing args with the UI defaults
         [],
     ],

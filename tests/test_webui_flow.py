@@ -174,6 +174,19 @@ def test_xyz_axes_are_registered_and_write_overrides(webui: WebUIHost) -> None:
     assert "strength: 1.25" in result.infotexts[0]
 
 
+def test_a_strength_per_attribute_through_an_xyz_cell_and_back_from_the_infotext(webui: WebUIHost) -> None:
+    xyz = next(d.module for d in webui.scripts.scripts_data if d.script_class.__module__ == "xyz_grid.py")
+    axis = next(o for o in xyz.axis_options if o.label == "[FreeCure] Attribute strength")
+    with pytest.raises(ValueError, match="attribute_strength"):
+        axis.confirm(None, ["hair:1.2+glasses:0.6", "wings:2"])
+    p = webui.txt2img(prompt=PROMPT, steps=4, seed=7)
+    webui.set_script_args(p, freecure(webui), [CURE])
+    axis.apply(p, "hair:1.2+glasses:0.6", None)
+    params = webui.infotext_utils.parse_generation_parameters(webui.process(p).infotexts[0])
+    pasted = Options.from_infotext(params)
+    assert pasted.attribute_strength == (("hair", 1.2), ("glasses", 0.6))
+
+
 # -- progress, interruption and failures ----------------------------------------------------------------------
 
 def test_job_count_counts_the_foundation_pass(webui: WebUIHost) -> None:

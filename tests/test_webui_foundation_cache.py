@@ -202,6 +202,7 @@ def test_options_other_than_the_cure_stage_are_in_the_key_and_cure_options_are_n
     for name, value in foundation_inputs.items():
         assert inputs.key(options=dataclasses.replace(inputs.options, **{name: value})) != before, name
     cure_changes = {"strength": 2.0, "method": "blend", "layers": "all", "mask_dilation": 4, "step_start": 0.2,
-                    "apg": "on", "hires": "both", "debug_images": True, "offload_bank": True}
+                    "apg": "on", "hires": "both", "debug_images": True, "offload_bank": True,
+                    "attribute_strength": (("hair", 1.2),), "attribute_dilation": (("hair", 3),)}
     for name, value in cure_changes.items():
         assert inputs.key(options=dataclasses.replace(inputs.options, **{name: value})) == before, name

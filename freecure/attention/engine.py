@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .bank import KVBank
-from .fasa import FasaSettings, fasa_attention, mask_tokens
+from .fasa import FasaSettings, fasa_attention, logit_bias, mask_tokens
 from .recorder import CrossAttentionRecorder
 from .types import LayerKey, RowRole, check_layer_key
 
@@ -42,7 +42,8 @@ class AttentionEngine:
         self._settings: FasaSettings | None = None
         self._fasa_can_change = False
         self._banked: set[tuple[LayerKey, int]] = set()
-        self._mask_cache: dict[tuple[tuple[int, int], int, torch.device], Tensor] = {}
+        self._mask_cache: dict[tuple[tuple[int, int], int, torch.device], tuple[Tensor, Tensor | None]] = {}
+        self._bias_cache: dict[tuple, Tensor] = {}
         self.failure: Exception | None = None  # the first error in our own attention work this pass
 
     # ----- modes -------------------------------------------------------------------------------
@@ -63,6 +64,7 @@ class AttentionEngine:
             self._bank = self._recorder = self._settings = None
             self._bank_layers = _NO_LAYERS
             self._mask_cache.clear()
+            self._bias_cache.clear()
             self._banked.clear()
 
     def recording(
@@ -211,7 +213,7 @@ class AttentionEngine:
         for row, role in enumerate(rows):
             if not role.cond:
                 continue
-            tokens = self._tokens_in_mask(role.image, grid, q.device)
+            tokens, token_weights = self._tokens_in_mask(role.image, grid, q.device)
             if tokens.numel() == 0:
                 continue
             found = self._bank.get(layer, self.call_index, role.image, q.device, q.dtype, tokens, n_grid)
@@ -220,22 +222,35 @@ class AttentionEngine:
             k_found, v_found = found
             if k_found.shape[1] != k.shape[-1]:
                 raise ValueError(f"bank entry for {layer} has {k_found.shape[1]} channels, expected {k.shape[-1]}")
-            outputs.append(
-                fasa_attention(q[row], k[row], v[row], k_found, v_found, heads, scale, self._settings.weight)
-            )
+            weight = self._settings.weight
+            if token_weights is not None:
+                weight = self._bias((grid, role.image, k.shape[1], q.dtype, q.device), token_weights)
+            outputs.append(fasa_attention(q[row], k[row], v[row], k_found, v_found, heads, scale, weight))
             handled.append(row)
         if not handled:
             return None
         return handled, torch.stack(outputs)
 
-    def _tokens_in_mask(self, image: int, grid: tuple[int, int], device: torch.device) -> Tensor:
+    def _tokens_in_mask(
+        self, image: int, grid: tuple[int, int], device: torch.device
+    ) -> tuple[Tensor, Tensor | None]:
+        """The image's in-mask token indices on ``grid`` and their weights (None: all take w)."""
         key = (grid, image, device)
-        tokens = self._mask_cache.get(key)
-        if tokens is None:
+        cached = self._mask_cache.get(key)
+        if cached is None:
             assert self._settings is not None
             masks = self._settings.masks
             if image >= len(masks):
                 raise ValueError(f"FasaSettings.masks: {len(masks)} mask(s), but a row is image {image}")
-            tokens = mask_tokens(masks[image], grid).to(device)
-            self._mask_cache[key] = tokens
-        return tokens
+            tokens = mask_tokens(masks[image], grid)
+            cached = tokens.to(device), self._settings.token_weights(image, tokens, grid)
+            self._mask_cache[key] = cached
+        return cached
+
+    def _bias(self, key: tuple, token_weights: Tensor) -> Tensor:
+        """The (own + S,) logit bias of a row (see ``fasa.logit_bias``), built once per grid, image and dtype."""
+        bias = self._bias_cache.get(key)
+        if bias is None:
+            _grid, _image, own, dtype, device = key
+            bias = self._bias_cache[key] = logit_bias(own, token_weights, device, dtype)
+        return bias

@@ -156,6 +156,15 @@ def plan_cure(options: Options, analysis: PromptAnalysis) -> CurePlan:
     regional = tuple(n for n in names if VOCABULARY[n].regional)
     abstract = tuple(n for n in names if not VOCABULARY[n].regional)
     weight = options.strength if options.method == "fasa" else options.blend_weight
+    if options.method == "fasa" and options.attribute_strength:
+        strengths = {name: options.strength_of(name) for name in regional}
+        weight = max(strengths.values(), default=weight)
+        uncured = [name for name in regional if strengths[name] <= 0]
+        if uncured and weight > 0:
+            regional = tuple(name for name in regional if strengths[name] > 0)
+            notes.append(f"strength 0 for {', '.join(uncured)}: not cured")
+    elif options.attribute_strength:
+        notes.append("attribute_strength is for fasa; blend uses blend_weight in every mask")
     if not regional:
         notes.append("no regional attribute in the prompt: nothing to cure in masks")
     elif weight is None or weight <= 0:
@@ -297,7 +306,7 @@ class CureSession:
                 attention_maps=image_maps,
                 source=self.options.mask_source,
                 combine=self.options.mask_combine,
-                dilation=self.options.mask_dilation,
+                dilation={name: self.options.dilation_of(name) for name in self.plan.attributes},
             )
             if region is not None:
                 masks = masks.within(region_on_image(region, (int(height), int(width))))
@@ -333,6 +342,14 @@ class CureSession:
         """Whether the cure pass (with the masks of ``build_masks``) is more than the plain personalized pass."""
         return self._cures_with(self._union_masks())
 
+    def _attribute_weights(self) -> list[list[tuple[float, Tensor]]] | tuple[()]:
+        """Per image, (strength, mask) of each cured attribute, when strengths differ per attribute."""
+        strengths = {name: self.options.strength_of(name) for name in self.plan.attributes}
+        if len(set(strengths.values())) <= 1:
+            return ()  # one strength for all: the plain bias, as without per-attribute strengths
+        return [[(strengths[name], torch.from_numpy(mask)) for name, mask in masks.per_attribute.items()]
+                for masks in self.masks]
+
     def _union_masks(self) -> list[Tensor]:
         return [torch.from_numpy(m.union) for m in self.masks]
 
@@ -347,6 +364,7 @@ class CureSession:
         to cure (no attribute, weight <= 0, every mask empty) nothing is installed and the pass is the
         plain personalized one, bit for bit.
         """
+        own_masks = masks is None
         masks = list(masks) if masks is not None else self._union_masks()
         if not self._cures_with(masks):
             if self.plan.cure:
@@ -364,6 +382,7 @@ class CureSession:
                 weight=self.options.strength,
                 progress_range=(self.options.step_start, self.options.step_end),
                 masks=masks,
+                attribute_weights=self._attribute_weights() if own_masks else (),
             )
             hooks = EngineHooks(self.engine)
             with self.host.attach(self.engine), self.engine.curing(settings, self.bank):

@@ -59,6 +59,8 @@ CONTROLS: dict[str, Control] = {
         Control("faces", "Faces (all, largest, or indices like 0,2)", "textbox", _ADVANCED),
         Control("allow_download", "Allow downloading parser weights", "checkbox", _ADVANCED),
         Control("offload_bank", "Keep the whole attention bank in CPU memory", "checkbox", _ADVANCED),
+        Control("attribute_strength", "Strength per attribute (e.g. hair:1.2, glasses:0.6)", "textbox", _ADVANCED),
+        Control("attribute_dilation", "Mask dilation per attribute (px, e.g. earrings:8)", "textbox", _ADVANCED),
     )
 }
 
@@ -77,6 +79,8 @@ def ui_value(field: str, value: Any) -> Any:
         return list(value)
     if field == "faces":
         return value if isinstance(value, str) else ",".join(str(i) for i in value)
+    if field in ("attribute_strength", "attribute_dilation"):
+        return ", ".join(f"{name}:{number!r}" for name, number in value)
     return value
 
 

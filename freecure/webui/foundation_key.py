@@ -41,6 +41,8 @@ CURE_ONLY_OPTIONS = frozenset({
     "enabled", "method", "layers", "strength", "blend_weight", "blend_start", "step_start", "step_end",
     "mask_source", "mask_combine", "mask_dilation", "face_parser", "faces", "allow_download", "offload_bank",
     "apg", "apg_strength", "apg_source", "apg_target", "apg_guidance", "hires", "debug_images",
+    # a strength of 0 leaves an attribute out of the plan, which changes the recorded phrases (in the key)
+    "attribute_strength", "attribute_dilation",
 })
 
 
