@@ -35,7 +35,9 @@ A1111_ROOT = TESTS / "webui_stub"
 FORGE_ROOT = TESTS / "forge_stub"
 # Top-level names the stand-ins (and a real WebUI) provide; none may survive a test.
 HOST_PACKAGES = ("modules", "ldm", "sgm", "gradio", "k_diffusion", "backend", "modules_forge", "stand_in",
-                 "ldm_patched", "launch")
+                 "ldm_patched", "launch", "network", "networks", "extra_networks_lora")
+# Forge's built-in LoRA extension: its scripts import these modules with the extension's folder on sys.path.
+FORGE_LORA = FORGE_ROOT / "extensions-builtin" / "sd_forge_lora"
 
 
 def _is_host_module(name: str) -> bool:
@@ -147,6 +149,19 @@ def _load_from_a1111_tree(name: str, path: Path, package: bool = False) -> Modul
     return module
 
 
+def _register_forge_lora(host: WebUIHost) -> None:
+    """As ``sd_forge_lora/scripts/lora_script.py``: imported with the extension's folder on ``sys.path`` (as
+    ``modules/scripts.py`` loads an extension's scripts), its network registered at ``before_ui``."""
+    sys.path.insert(0, str(FORGE_LORA))
+    try:
+        extra_networks_lora = importlib.import_module("extra_networks_lora")
+        networks = importlib.import_module("networks")
+    finally:
+        sys.path.remove(str(FORGE_LORA))
+    networks.extra_network_lora = extra_networks_lora.ExtraNetworkLora()
+    host.extra_networks.register_extra_network(networks.extra_network_lora)
+
+
 @contextmanager
 def installed_host(kind: str, family: str = "sd1") -> Iterator[WebUIHost]:
     """Install one stand-in, load a model, and afterwards restore ``sys.path`` and ``sys.modules``."""
@@ -172,9 +187,10 @@ def installed_host(kind: str, family: str = "sd1") -> Iterator[WebUIHost]:
         host.extra_networks.initialize()
         if kind == "a1111":
             from stand_in.extra_networks_lora import ExtraNetworkLora
+
+            host.extra_networks.register_extra_network(ExtraNetworkLora())
         else:
-            from backend.stand_in_lora import ExtraNetworkLora
-        host.extra_networks.register_extra_network(ExtraNetworkLora())
+            _register_forge_lora(host)
         host.load_model(family)
         from freecure.webui import controller
 

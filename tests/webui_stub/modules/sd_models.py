@@ -23,6 +23,19 @@ def apply_alpha_schedule_override(sd_model, p=None):
     pass
 
 
+class SdModelData:
+    """The loaded model (A1111 1.10.1 and Forge 2 keep it here; ``shared.sd_model`` reads it): the stand-in's
+    test host sets ``shared.sd_model``, so that is what it hands out."""
+
+    def get_sd_model(self):
+        from modules import shared
+
+        return shared.sd_model
+
+
+model_data = SdModelData()
+
+
 class SkipWritingToConfig(contextlib.ContextDecorator):
     def __enter__(self):
         return self

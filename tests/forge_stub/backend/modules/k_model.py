@@ -1,11 +1,15 @@
-"""``backend/modules/k_model.py``: ``KModel`` = diffusion model + predictor; ``apply_model`` returns x0."""
+"""``backend/modules/k_model.py``: ``KModel`` = diffusion model + predictor; ``apply_model`` returns x0;
+``storage_dtype`` (the weights' dtype: the stand-in's are float32), which LoRA loading reads."""
 
+import torch
 from torch import nn
 
 
 class KModel(nn.Module):
     def __init__(self, diffusion_model: nn.Module, predictor: nn.Module):
         super().__init__()
+        self.storage_dtype = torch.float32
+        self.computation_dtype = torch.float32
         self.diffusion_model = diffusion_model
         self.predictor = predictor
 

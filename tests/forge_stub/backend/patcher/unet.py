@@ -41,10 +41,11 @@ class ModelPatcher:
         return hasattr(other, "model") and self.model is other.model
 
     def add_patches(self, *, filename, patches, strength_patch=1.0, strength_model=1.0, online_mode=False):
-        """``patches``: parameter name -> weight difference (Forge's ``("diff", (w,))`` patch)."""
+        """``patches``: parameter name -> patch, as ``backend/patcher/lora.py`` ``load_lora`` makes them; returns
+        the names that are the model's (the others are skipped)."""
         model_keys = {name for name, _ in self.model.named_parameters()}
-        this_patches = {key: [[strength_patch, ("diff", (delta,)), strength_model, None, None]]
-                        for key, delta in patches.items() if key in model_keys}
+        this_patches = {key: [[strength_patch, patch, strength_model, None, None]]
+                        for key, patch in patches.items() if key in model_keys}
         self.lora_patches[(filename, strength_patch, strength_model, online_mode)] = this_patches
         return set(this_patches)
 
