@@ -269,26 +269,84 @@ class ForgeHost(A1111Host):
             yield
 
 
+def lora_arguments(params_list: Sequence[Any]) -> tuple[list[str], list[float], list[float]]:
+    """Names, text-encoder and UNet multipliers of ``<lora:name:te:unet>`` tags (``te=``/``unet=`` named too),
+    read as Forge's ``ExtraNetworkLora.activate`` reads them (``extra_networks_lora.py``, Forge 2 and Neo alike)."""
+    names, te_multipliers, unet_multipliers = [], [], []
+    for params in params_list:
+        names.append(params.positional[0])
+        te = float(params.positional[1]) if len(params.positional) > 1 else 1.0
+        te = float(params.named.get("te", te))
+        unet = float(params.positional[2]) if len(params.positional) > 2 else te
+        unet = float(params.named.get("unet", unet))
+        te_multipliers.append(te)
+        unet_multipliers.append(unet)
+    return names, te_multipliers, unet_multipliers
+
+
+def host_networks(lora_network: Any) -> Any:
+    """The module the host's LoRA extra network loads networks with: ``extensions-builtin/sd_forge_lora/
+    networks.py``, which ``extra_networks_lora.py`` imports as ``networks``."""
+    module = getattr(type(lora_network).activate, "__globals__", {}).get("networks")
+    if not callable(getattr(module, "load_networks", None)):
+        raise RuntimeError("the WebUI's LoRA loader (sd_forge_lora's networks.load_networks) was not found, so the"
+                           " networks in keep_networks cannot stay on in the foundation pass")
+    return module
+
+
+@contextlib.contextmanager
+def scratch_lora_state(model: Any, networks: Any) -> Iterator[None]:
+    """Lets ``networks.load_networks`` build patchers without changing the job: everything it writes (the
+    model's ``forge_objects``, ``forge_objects_after_applying_lora`` and ``current_lora_hash``, the module's
+    ``loaded_networks``) is put back on exit. It starts from a copy of ``forge_objects_original``, and with
+    ``current_lora_hash`` None, which equals no LoRA set's hash, so it always builds."""
+    saved = model.forge_objects, model.forge_objects_after_applying_lora, model.current_lora_hash
+    loaded = list(networks.loaded_networks)
+    model.forge_objects = model.forge_objects_original.shallow_copy()
+    model.current_lora_hash = None
+    try:
+        yield
+    finally:
+        model.forge_objects, model.forge_objects_after_applying_lora, model.current_lora_hash = saved
+        networks.loaded_networks[:] = loaded
+
+
 # What a UNet patcher carries besides its weights: other extensions' patches and ControlNets for this pass.
 _PASS_STATE = ("model_options", "controlnet_linked_list", "extra_preserved_memory_during_sampling",
                "extra_model_patchers_during_sampling", "extra_concat_condition")
 
 
 class ForgeIdentitySwitch:
-    """Identity off on Forge: the weights from before LoRA was applied (``forge_objects_original``) with
-    everything else of this pass kept (other extensions' patches, ControlNet units such as pose or depth);
-    identity adapters are taken out of the pass's patches (``switch_identity_adapters_off``, ``ForgeHost``)."""
+    """Identity off on Forge: the UNet and text encoder as the host's own LoRA loading builds them from the weights
+    before LoRA (``forge_objects_original``) with only the job's networks listed in keep_networks, at their
+    multipliers: bit for bit what a job whose prompt has only those networks samples with. Everything else of
+    this pass is kept (other extensions' patches, ControlNet units such as pose or depth); identity adapters are
+    taken out of the pass's patches (``switch_identity_adapters_off``, ``ForgeHost``)."""
 
     def __init__(self, p: Any, *, kinds: Any, keep_networks: Any, is_hires: bool, unet: Any = None) -> None:
+        from modules import extra_networks
+
         self.p = p
         self.kinds = set(kinds)
-        self.keep = list(keep_networks)
+        keep = {name.lower() for name in keep_networks}
         data = getattr(p, "hr_extra_network_data" if is_hires else "extra_network_data", None) or {}
-        self.networks = [f"{name}:{params.items[0]}" for name, params_list in data.items()
-                         if name in ("lora", "lyco") for params in params_list]
+        self.lora_network = extra_networks.extra_network_registry.get("lora")
+
+        def loads_lora(kind: str) -> bool:
+            # As ``lookup_extra_networks``: a tag goes to the network registered under its name or alias (Forge
+            # registers no 'lyco' alias: such tags load nothing).
+            found = extra_networks.extra_network_registry.get(kind) or extra_networks.extra_network_aliases.get(kind)
+            return found is not None and found is self.lora_network
+
+        # In the order the host loads them.
+        tags = [(kind, params) for kind, params_list in data.items() if loads_lora(kind) for params in params_list]
+        self.kept = [params for _kind, params in tags if str(params.positional[0]).lower() in keep]
+        self.identity = [f"{kind}:{params.positional[0]}" for kind, params in tags
+                         if str(params.positional[0]).lower() not in keep]
+        self._kept_patchers: tuple[Any, Any] | None = None
 
     def sources(self) -> list[str]:
-        found = list(self.networks) if "lora" in self.kinds else []
+        found = list(self.identity) if "lora" in self.kinds else []
         unet = getattr(getattr(self.p.sd_model, "forge_objects", None), "unet", None)
         patches = (getattr(unet, "model_options", {}) or {}).get("transformer_options", {}) \
             .get("patches_replace", {}).get("attn2", {})
@@ -297,21 +355,35 @@ class ForgeIdentitySwitch:
             found += [f"adapter:{kind}" for kind in dict.fromkeys(kinds)]
         return found
 
+    def kept_patchers(self) -> tuple[Any, Any]:
+        """The UNet and CLIP patchers with only the kept networks (built once, by the host's ``load_networks``)."""
+        if self._kept_patchers is None:
+            model = self.p.sd_model
+            if not self.kept:
+                original = model.forge_objects_original
+                self._kept_patchers = original.unet, original.clip
+            else:
+                networks = host_networks(self.lora_network)
+                with scratch_lora_state(model, networks):
+                    networks.load_networks(*lora_arguments(self.kept))
+                    self._kept_patchers = model.forge_objects.unet, model.forge_objects.clip
+        return self._kept_patchers
+
     @contextlib.contextmanager
     def switched(self, *, on: bool) -> Iterator[None]:
         model = self.p.sd_model
-        original = getattr(model, "forge_objects_original", None)
-        if on or "lora" not in self.kinds or not self.networks or original is None:
+        if on or "lora" not in self.kinds or not self.identity or model.forge_objects_original is None:
             yield
             return
+        kept_unet, kept_clip = self.kept_patchers()
         saved = model.forge_objects
-        unet = original.unet.clone()
+        unet = kept_unet.clone()
         for name in _PASS_STATE:
             if hasattr(saved.unet, name):
                 setattr(unet, name, copy.deepcopy(getattr(saved.unet, name)) if name == "model_options"
                         else getattr(saved.unet, name))
-        model.forge_objects = original.shallow_copy()
-        model.forge_objects.unet = unet
+        model.forge_objects = saved.shallow_copy()
+        model.forge_objects.unet, model.forge_objects.clip = unet, kept_clip
         try:
             yield
         finally:
