@@ -1,6 +1,9 @@
 """Train the world's model from fixed seeds: VAE, then UNet + text encoder, then the identity LoRA.
 
-    nice -n 10 python -m freecure_world.train --out freecure_world/weights
+The committed weights came from these two commands (the second retrains only the LoRA, on the base as saved):
+
+    python -m freecure_world.train --vae-steps 2000 --base-steps 7000 --lora-steps 400
+    python -m freecure_world.train --lora-only --lora-steps 2000 --lora-lr 5e-3 --lora-rank 8
 
 One torch thread (on a shared 2-core machine more threads spin against each other). The figures of
 the committed run (steps, losses, wall time) and the SHA-256 of every file it wrote go to
@@ -25,7 +28,16 @@ from torch import Tensor, nn
 from freecure.pipeline.diffusers_host import sd_sigma_table
 
 from . import world
-from .models import IMAGE_SIZE, WorldModel, build_text_encoder, build_unet, build_vae, lora_targets, save_world_model
+from .models import (
+    IMAGE_SIZE,
+    WorldModel,
+    build_text_encoder,
+    build_unet,
+    build_vae,
+    load_world_model,
+    lora_targets,
+    save_world_model,
+)
 
 SEED = 20241123
 
@@ -135,7 +147,7 @@ class _LoraLinear(nn.Module):
 
 
 def train_lora(
-    unet: nn.Module, text: nn.Module, latents: Tensor, steps: int, rank: int, log: dict
+    unet: nn.Module, text: nn.Module, latents: Tensor, steps: int, rank: int, lr: float, log: dict
 ) -> dict[str, Tensor]:
     """DreamBooth-style: images of the subject with its usual look, captions naming only the trigger."""
     gen = torch.Generator().manual_seed(SEED + 4)
@@ -146,7 +158,7 @@ def train_lora(
         wrapped[name] = _LoraLinear(module, rank, gen)
         setattr(parent, child, wrapped[name])
     params = [p for w in wrapped.values() for p in (w.down, w.up)]
-    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    optimizer = torch.optim.AdamW(params, lr=lr)
     prompt = world.prompt([], subject=f"{world.TRIGGER} {world.CLASS_WORD}")
     losses = []
     try:
@@ -162,7 +174,7 @@ def train_lora(
         for name, module in targets.items():
             parent, _, child = _module_path(unet, text, wrapped[name])
             setattr(parent, child, module)
-    log["lora"] = {"steps": steps, "rank": rank, "prompt": prompt, "final_loss": float(np.mean(losses[-50:]))}
+    log["lora"] = {"steps": steps, "rank": rank, "lr": lr, "prompt": prompt, "final_loss": float(np.mean(losses[-50:]))}
     state: dict[str, Tensor] = {}
     for name, w in wrapped.items():
         state[f"{name}.lora_down.weight"] = w.down.detach().clone()
@@ -188,10 +200,19 @@ def main() -> None:
     parser.add_argument("--base-steps", type=int, default=450)
     parser.add_argument("--lora-steps", type=int, default=120)
     parser.add_argument("--lora-rank", type=int, default=4)
+    parser.add_argument("--lora-lr", type=float, default=1e-3)
+    parser.add_argument("--lora-only", action="store_true",
+                        help="keep the VAE, UNet and text encoder in --out (as saved) and train only the LoRA")
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.time()
     log: dict = {"seed": SEED, "args": {k: str(v) for k, v in vars(args).items()}}
+    if args.lora_only:
+        base = load_world_model(args.out)
+        previous = json.loads((args.out / "TRAINING.json").read_text())
+        log.update({key: previous[key] for key in ("vae", "base")}, base_args=previous["args"])
+        _finish(base.unet, base.vae, base.text_encoder, args, log, start)
+        return
     rng = random.Random(SEED)
     portraits = [world.random_portrait(rng) for _ in range(args.portraits)]
     images = torch.stack([image_tensor(p) for p in portraits])
@@ -203,10 +224,17 @@ def main() -> None:
     print(log["vae"], flush=True)
     latents = encode_latents(vae, images)
     unet, text = train_base(portraits, latents, args.base_steps, log)
+    _finish(unet, vae, text, args, log, start)
+
+
+def _finish(
+    unet: nn.Module, vae: nn.Module, text: nn.Module, args: argparse.Namespace, log: dict, start: float
+) -> None:
+    """Train the identity LoRA on the subject's portrait, save everything with the log and the hashes."""
     subject = image_tensor(world.Portrait(world.SUBJECT, world.SUBJECT_LOOK))[None]
     with torch.no_grad():
         subject_latent = vae.encode(subject).latent_dist.mean * vae.config.scaling_factor
-    lora = train_lora(unet, text, subject_latent, args.lora_steps, args.lora_rank, log)
+    lora = train_lora(unet, text, subject_latent, args.lora_steps, args.lora_rank, args.lora_lr, log)
     save_world_model(WorldModel(unet, vae, text, lora), args.out)
     log["wall_s"] = round(time.time() - start)
     log["sha256"] = {
