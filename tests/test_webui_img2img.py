@@ -23,6 +23,7 @@ from webui_checks import (
     image_tensor,
     img2img_job,
     init_image,
+    keep_samples,
     module_state,
     run,
     run_img2img,
@@ -52,20 +53,6 @@ NO_OP_BLEND = {"enabled": True, "method": "blend", "blend_weight": 0.9, "blend_s
 
 def session_of(p: Any) -> Any:
     return getattr(p, STATE_ATTR).session
-
-
-def keep_samples(p: Any) -> list[torch.Tensor]:
-    """What ``p.sample`` returns (after the inpaint mask blend), per batch."""
-    kept: list[torch.Tensor] = []
-    sample = p.sample
-
-    def keeping(*args: Any, **kwargs: Any) -> Any:
-        samples = sample(*args, **kwargs)
-        kept.append(samples.clone())
-        return samples
-
-    p.sample = keeping
-    return kept
 
 
 # -- UI, X/Y/Z, infotext ------------------------------------------------------------------------------------

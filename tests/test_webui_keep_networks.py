@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from webui_checks import CURE, EXTENSION_DIR, freecure, image_tensor, module_state, run
+from webui_checks import CURE, EXTENSION_DIR, freecure, image_tensor, keep_samples, module_state, run
 from webui_host import WebUIHost
 from webui_host import forge_host as forge_host  # the fixture
 
@@ -25,23 +25,9 @@ HIRES = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "denoising
 STYLE_TAGS = ["<lora:style:0.7>", "<lora:style:0.6:1.3>", "<lora:style:0.9:0>", "<lora:style:unet=0.4:te=1.1>"]
 
 
-def kept_samples(p: Any) -> list[torch.Tensor]:
-    """What ``p.sample`` returns, per batch."""
-    kept: list[torch.Tensor] = []
-    sample = p.sample
-
-    def keeping(*args: Any, **kwargs: Any) -> Any:
-        samples = sample(*args, **kwargs)
-        kept.append(samples.clone())
-        return samples
-
-    p.sample = keeping
-    return kept
-
-
 def plain_latents(webui: WebUIHost, prompt: str) -> torch.Tensor:
     p = webui.txt2img(prompt=prompt, steps=4, seed=7)
-    samples = kept_samples(p)
+    samples = keep_samples(p)
     webui.process(p)
     return samples[0]
 

@@ -67,6 +67,20 @@ def run(host: WebUIHost, settings: dict | None, **fields: Any) -> Any:
     return host.process(p)
 
 
+def keep_samples(p: Any) -> list[torch.Tensor]:
+    """What ``p.sample`` returns (after an inpaint job's mask blend), per batch."""
+    kept: list[torch.Tensor] = []
+    sample = p.sample
+
+    def keeping(*args: Any, **kwargs: Any) -> Any:
+        samples = sample(*args, **kwargs)
+        kept.append(samples.clone())
+        return samples
+
+    p.sample = keeping
+    return kept
+
+
 def init_image(width: int = 64, height: int = 64, seed: int = 0) -> Any:
     """A deterministic RGB init image for img2img jobs."""
     import numpy as np
