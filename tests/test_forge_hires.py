@@ -91,3 +91,27 @@ def test_the_foundation_runs_the_patches_of_extensions_sorted_before_and_after_f
     assert [name for name, _ in plain] == ["low-res", "hi-res"] and all(runs for _, runs in plain)
     foundations_and_cures = [(name, runs) for name, runs in plain for _ in range(2)]
     assert cured == foundations_and_cures, "each pass's foundation and cure run that pass's patches"
+
+
+def test_the_foundation_conditions_its_prompts_with_the_jobs_distilled_cfg(forge: WebUIHost) -> None:
+    """FLUX's guidance rides on the prompts (Forge's ``SdConditioning.distilled_cfg_scale``; the engine falls
+    back to 3.5 without it): the foundation's own prompts (the trigger word replaced) must carry the job's
+    scale, and the hires foundation the hires scale, as the host's prompts do."""
+    model = forge.shared.sd_model
+    encode = model.get_learned_conditioning
+    seen: list[tuple[tuple[str, ...], Any, Any]] = []
+
+    def recording(prompts: Any) -> Any:
+        seen.append((tuple(prompts), getattr(prompts, "width", None), getattr(prompts, "distilled_cfg_scale", None)))
+        return encode(prompts)
+
+    model.get_learned_conditioning = recording
+    try:
+        result = run(forge, {**CURE, "hires": "both"}, prompt="a photo of ohwx woman with red hair",
+                     distilled_cfg_scale=2.0, hr_distilled_cfg=5.0, **HIRES)  # fmt: skip
+    finally:
+        model.get_learned_conditioning = encode
+    assert "cure failed" not in result.infotexts[0]
+    foundation = {(width, scale) for prompts, width, scale in seen if all("ohwx" not in p for p in prompts)}
+    assert foundation == {(64, 2.0), (96, 5.0)}, "a foundation in each pass, each with its pass's scale"
+    assert {(width, scale) for _, width, scale in seen} == foundation, "as the host's own prompts"

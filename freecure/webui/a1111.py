@@ -218,12 +218,16 @@ class A1111Host:
             return self.conditioning, self.unconditional
         from modules import prompt_parser, shared
 
-        width, height = self.p.width, self.p.height
+        size = {"width": self.p.width, "height": self.p.height}
         if self.is_hires:
-            width, height = self.p.hr_upscale_to_x, self.p.hr_upscale_to_y
-        positive = prompt_parser.SdConditioning(list(branch.prompts), width=width, height=height)
-        negative = prompt_parser.SdConditioning(list(branch.negative_prompts), width=width, height=height,
-                                                is_negative_prompt=True)
+            size = {"width": self.p.hr_upscale_to_x, "height": self.p.hr_upscale_to_y}
+        if "distilled_cfg_scale" in _parameter_names(prompt_parser.SdConditioning):
+            # Forge and Neo: FLUX's guidance rides on the prompts (processing.py setup_conds and
+            # calculate_hr_conds); their engines fall back to a fixed 3.5 (Neo 3.0) when it is missing.
+            field = "hr_distilled_cfg" if self.is_hires else "distilled_cfg_scale"
+            size["distilled_cfg_scale"] = getattr(self.p, field, None)
+        positive = prompt_parser.SdConditioning(list(branch.prompts), **size)
+        negative = prompt_parser.SdConditioning(list(branch.negative_prompts), is_negative_prompt=True, **size)
         multicond, learned = prompt_parser.get_multicond_learned_conditioning, prompt_parser.get_learned_conditioning
         steps, options = self._schedule_arguments(multicond)
         c = multicond(shared.sd_model, positive, steps, **options)

@@ -2,14 +2,15 @@
 changes: ``p.uc = None`` at CFG 1; ``forge_objects`` reset to ``forge_objects_after_applying_lora`` before every
 sampling call; ``process_before_every_sampling`` once in the first pass (after the reset, L1373-1377) and twice
 in the hires pass: once still with the first pass's ``forge_objects``, then after the reset again (L1510-1526);
-``p.extra_result_images`` shown after the images (``Processed.extra_images``); ``hr_cfg``. img2img and inpainting
+``p.extra_result_images`` shown after the images (``Processed.extra_images``); ``hr_cfg``; the prompts carrying
+``distilled_cfg_scale`` / ``hr_distilled_cfg`` (FLUX's guidance). img2img and inpainting
 as A1111's (``init`` unchanged but for ``before_process_init_images``, not mirrored; ``sample`` below)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from modules import load_a1111
+from modules import load_a1111, prompt_parser
 
 _a1111 = load_a1111("processing")
 get_fixed_seed = _a1111.get_fixed_seed
@@ -40,9 +41,31 @@ def reset_forge_objects(p):
     p.sd_model.forge_objects = p.sd_model.forge_objects_after_applying_lora.shallow_copy()
 
 
+def _setup_conds(self):
+    """Forge's ``setup_conds`` (L491-492): A1111's, the prompts carrying ``distilled_cfg_scale``."""
+    prompts = prompt_parser.SdConditioning(self.prompts, width=self.width, height=self.height,
+                                           distilled_cfg_scale=self.distilled_cfg_scale)
+    negative_prompts = prompt_parser.SdConditioning(self.negative_prompts, width=self.width, height=self.height,
+                                                    is_negative_prompt=True,
+                                                    distilled_cfg_scale=self.distilled_cfg_scale)
+    sampler_config = _a1111.sd_samplers.find_sampler_config(self.sampler_name)
+    total_steps = sampler_config.total_steps(self.steps) if sampler_config else self.steps
+    self.step_multiplier = total_steps // self.steps
+    self.firstpass_steps = total_steps
+    self.uc = self.get_conds_with_caching(prompt_parser.get_learned_conditioning, negative_prompts,
+                                          total_steps, [self.cached_uc], self.extra_network_data)
+    self.c = self.get_conds_with_caching(prompt_parser.get_multicond_learned_conditioning, prompts,
+                                         total_steps, [self.cached_c], self.extra_network_data)
+
+
+_a1111.StableDiffusionProcessing.setup_conds = _setup_conds
+
+
 @dataclass(repr=False)
 class StableDiffusionProcessingTxt2Img(_a1111.StableDiffusionProcessingTxt2Img):
     hr_cfg: float = 1.0
+    distilled_cfg_scale: float = 3.5  # Forge declares it on StableDiffusionProcessing (L143)
+    hr_distilled_cfg: float = 3.5  # L1203
     modified_noise = None
 
     def setup_conds(self):
@@ -66,6 +89,24 @@ class StableDiffusionProcessingTxt2Img(_a1111.StableDiffusionProcessingTxt2Img):
             return samples
         return self.sample_hr_pass(samples, None, seeds, subseeds, subseed_strength, prompts)
 
+    def calculate_hr_conds(self):
+        """Forge's (L1575-1590): A1111's, the hires prompts carrying ``hr_distilled_cfg``."""
+        if self.hr_c is not None:
+            return
+        size = {"width": self.hr_upscale_to_x, "height": self.hr_upscale_to_y,
+                "distilled_cfg_scale": self.hr_distilled_cfg}  # fmt: skip
+        hr_prompts = prompt_parser.SdConditioning(self.hr_prompts, **size)
+        hr_negative_prompts = prompt_parser.SdConditioning(self.hr_negative_prompts, is_negative_prompt=True, **size)
+        sampler_config = _a1111.sd_samplers.find_sampler_config(self.hr_sampler_name or self.sampler_name)
+        steps = self.hr_second_pass_steps or self.steps
+        total_steps = sampler_config.total_steps(steps) if sampler_config else steps
+        self.hr_uc = self.get_conds_with_caching(prompt_parser.get_learned_conditioning, hr_negative_prompts,
+                                                 self.firstpass_steps, [self.cached_hr_uc, self.cached_uc],
+                                                 self.hr_extra_network_data, total_steps)
+        self.hr_c = self.get_conds_with_caching(prompt_parser.get_multicond_learned_conditioning, hr_prompts,
+                                                self.firstpass_steps, [self.cached_hr_c, self.cached_c],
+                                                self.hr_extra_network_data, total_steps)
+
     def sample_hr_pass(self, samples, decoded_samples, seeds, subseeds, subseed_strength, prompts):
         """A1111's hires pass; the stand-in's scripts runner is wrapped so that the hires
         ``process_before_every_sampling`` is followed by the reset and a second call, as Forge does."""
@@ -80,6 +121,8 @@ class StableDiffusionProcessingTxt2Img(_a1111.StableDiffusionProcessingTxt2Img):
 
 @dataclass(repr=False)
 class StableDiffusionProcessingImg2Img(_a1111.StableDiffusionProcessingImg2Img):
+    distilled_cfg_scale: float = 3.5
+    hr_distilled_cfg: float = 3.5  # L1655
     modified_noise = None
 
     def _edit_image_cfg_scale(self):
