@@ -287,7 +287,7 @@ class _PerAttribute(_Kind):
         for attribute, number in items:
             key = attribute.strip().lower() if isinstance(attribute, str) else attribute
             if key not in self._NAMES:
-                raise OptionsError(name, f"unknown attribute {_shown(attribute)}; accepted: {accepted}")
+                raise OptionsError(name, f"unknown attribute {_shown(key)}; accepted: {accepted}")
             if key in values:
                 raise OptionsError(name, f"{key} is given twice")
             try:

@@ -322,6 +322,7 @@ ERRORS = [
     ({"attribute_strength": "hair:1, hair:2"}, "attribute_strength", ["hair", "twice"]),
     ({"attribute_strength": "hair:11"}, "attribute_strength", ["hair", "0", "10"]),
     ({"attribute_strength": "expression:1"}, "attribute_strength", ["'expression'", "hair"]),
+    ({"attribute_strength": "hair:2, Smiling:2"}, "attribute_strength", ["unknown attribute 'smiling'"]),
     ({"attribute_strength": 1.5}, "attribute_strength", ["attribute:value"]),
     ({"attribute_dilation": {"chair": 3}}, "attribute_dilation", ["'chair'", "hair"]),
     ({"attribute_dilation": "hair:2.5"}, "attribute_dilation", ["hair", "whole number", "64"]),
