@@ -2,6 +2,7 @@
 
     python -m freecure_world.quality            # the README's table (fixed prompts and seeds)
     python -m freecure_world.quality --batch 2  # quicker, fewer images per prompt
+    python -m freecure_world.quality --sweep    # FASA's layers x strength and mask dilation (the tuning)
 
 Each row generates a batch of images per prompt (one seed per prompt; the batch rows draw different
 noise) with the reference host (Euler, 20 steps, CFG 5) and reads them back with
@@ -116,6 +117,18 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
+# The tuning sweep: FASA (APG off, attention masks) over the layer presets and strengths, the mask
+# dilation at the default layers and strength, and a stronger hair (per-attribute strength).
+SWEEP: tuple[Setting, ...] = (
+    *(Setting(f"fasa, layers {layers}, strength {strength}", cured(apg="off", layers=layers, strength=strength))
+      for layers in ("default", "all") for strength in (0.5, 1.0, 2.0, 6.0)),
+    *(Setting(f"fasa, mask dilation {pixels} px", cured(apg="off", mask_dilation=pixels)) for pixels in (4, 8)),
+    Setting("fasa, layers all, strength 0.5, hair:2", cured(apg="off", layers="all", attribute_strength="hair:2")),
+    Setting("fasa, layers all, strength 1.0, hair:2",
+            cured(apg="off", layers="all", strength=1.0, attribute_strength="hair:2")),
+)  # fmt: skip
+
+
 @dataclass
 class Row:
     name: str
@@ -155,10 +168,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=BATCH, help="images per prompt")
     parser.add_argument("--only", default="", help="comma-separated row numbers (1-based) to compute")
+    parser.add_argument("--sweep", action="store_true", help="the tuning sweep instead of the table")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = load_world_model()
-    chosen = [SETTINGS[int(i) - 1] for i in args.only.split(",")] if args.only else list(SETTINGS)
+    table = SWEEP if args.sweep else SETTINGS
+    chosen = [table[int(i) - 1] for i in args.only.split(",")] if args.only else list(table)
     rows = []
     for setting in chosen:
         start = time.time()
