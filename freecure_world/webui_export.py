@@ -47,7 +47,7 @@ CHECKPOINT_NAME = "freecure-world"
 CLIP_TOKENIZER_REPO = "openai/clip-vit-large-patch14"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 
-Layout = list  # ldm channel -> original channel (None: a channel the original lacks, weight 0)
+Layout = list[int | None]  # ldm channel -> original channel (None: a channel the original lacks, weight 0)
 
 
 def tile(width: int) -> Layout:
