@@ -86,7 +86,25 @@ def test_a_face_pass_uses_the_adetailer_prompt(webui: WebUIHost) -> None:
                     listed=True)
     info = result.infotexts[0]
     assert "FreeCure ADetailer: 0/2 face passes cured" in info
-    assert "ADetailer face pass: " in info and "no regional attribute" in info.split("ADetailer face pass: ")[1]
+    assert "ADetailer face 1: " in info and "no regional attribute" in info.split("ADetailer face 1: ")[1]
+
+
+def test_each_image_reports_its_own_face_passes(webui: WebUIHost) -> None:
+    """Two images: the first one's prompt names no attribute (its face passes cure nothing, with a note), the
+    second asks for red hair. The infotext is per image: the second must not carry the first one's face-pass
+    notes (the job's own notes, from any image, are in every image's)."""
+    webui.shared.opts.data["ad_script_names"] = "freecure"
+    p = webui.txt2img(prompt=["a close-up photo of ohwx woman", PROMPT], steps=4, seed=7, n_iter=2)
+    webui.set_script_args(p, freecure(webui), [{**CURE, "attributes": "auto"}])
+    webui.set_script_args(p, webui.script("ADetailer"), [True, False, {"ad_prompt": ""}])
+    result = webui.process(p)
+    assert not webui.errors, webui.errors
+    first, second = result.infotexts[:2]
+    assert "FreeCure ADetailer: 0/2 face passes cured" in first
+    assert "ADetailer face 1: " in first and "ADetailer face 2: " in first and "no regional attribute" in first
+    assert "/2 face passes cured" in second  # how many come out cured depends on the random weights' masks
+    assert "ADetailer face 1: no regional attribute" not in second
+    assert "ADetailer face 2: no regional attribute" not in second
 
 
 def test_a_face_pass_takes_the_jobs_xyz_overrides(webui: WebUIHost) -> None:

@@ -33,15 +33,17 @@ class FacePasses:
         if self.job is p:
             self.job = self._image = None
 
-    def record(self, cured: bool) -> Any:
-        """Count one face pass of the job's current image; returns the job (None outside a known job)."""
+    def record(self, cured: bool) -> tuple[Any, int, bool]:
+        """Count one face pass of the job's current image; returns the job (None outside a known job), the
+        pass's number in the image (from 1) and whether it is the image's first."""
         job = self.job
         if job is None:
-            return None
+            return None, 0, False
         image = (getattr(job, "iteration", 0), getattr(job, "batch_index", 0))
-        if image != self._image:  # the infotext is per image: ADetailer runs after each image's sampling
+        first = image != self._image
+        if first:  # the infotext is per image: ADetailer runs after each image's sampling
             self._image, self._passes, self._cured = image, 0, 0
         self._passes += 1
         self._cured += int(cured)
         job.extra_generation_params[FACE_PASSES_KEY] = f"{self._cured}/{self._passes} face passes cured"
-        return job
+        return job, self._passes, first

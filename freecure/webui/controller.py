@@ -65,12 +65,31 @@ class JobState:
     cure: contextlib.ExitStack | None = None
     debug: list[tuple[Any, str]] = field(default_factory=list)
     cured_passes: int = 0  # passes whose cure acted and sampled to the end without failing
+    image_notes: list[str] = field(default_factory=list)  # the current image's ADetailer face passes'
 
     def note(self, p: Any, message: str) -> None:
         if message not in self.notes:
             self.notes.append(message)
             report(message)
-        p.extra_generation_params[NOTES_KEY] = "; ".join(self.notes)
+        self._write_notes(p)
+
+    def image_note(self, p: Any, message: str) -> None:
+        """A note for the current image only (the infotext is per image; the job's notes are in every one)."""
+        if message not in self.image_notes:
+            self.image_notes.append(message)
+            report(message)
+        self._write_notes(p)
+
+    def next_image(self, p: Any) -> None:
+        self.image_notes = []
+        self._write_notes(p)
+
+    def _write_notes(self, p: Any) -> None:
+        notes = self.notes + self.image_notes
+        if notes:
+            p.extra_generation_params[NOTES_KEY] = "; ".join(notes)
+        else:
+            p.extra_generation_params.pop(NOTES_KEY, None)
 
 
 def job_state(p: Any) -> JobState | None:
@@ -333,11 +352,14 @@ class Controller:
         """A face pass's outcome goes to the job's infotext: ADetailer keeps only the pass's image."""
         if state is None:
             return
-        job = self.face_passes.record(cured=state.cured_passes > 0)
+        job, number, first = self.face_passes.record(cured=state.cured_passes > 0)
         job_notes = job_state(job) if job is not None else None
-        if job_notes is not None:
-            for note in state.notes:
-                job_notes.note(job, f"ADetailer face pass: {note}")
+        if job_notes is None:
+            return
+        if first:
+            job_notes.next_image(job)
+        for note in state.notes:  # a face pass is a one-image job: its "image 0: " says nothing here
+            job_notes.image_note(job, f"ADetailer face {number}: {note.removeprefix('image 0: ')}")
 
     def _finish_cure(self, state: JobState) -> CureError | None:
         """Close a cure whose pass sampled to the end, counting it when its attention work did not fail."""
