@@ -255,21 +255,28 @@ def _vae_mid(writer: _Writer, ldm: str, name: str, layout: Layout) -> None:
     writer.resnet(f"{ldm}.block_2", f"{name}.resnets.1", layout, layout, _LDM_VAE_RESNET)
 
 
+def _vae_level(writer: _Writer, ldm: str, name: str, resnets: int, sample: str | None, stream: Layout,
+               width: int) -> Layout:  # fmt: skip
+    """One encoder or decoder level: its resnets, then its down- or upsampler (ldm ``downsample`` /
+    ``upsample``, diffusers ``downsamplers`` / ``upsamplers``) unless it is the last level."""
+    for layer in range(resnets):
+        out = tile(width)
+        writer.resnet(f"{ldm}.block.{layer}", f"{name}.resnets.{layer}", stream, out, _LDM_VAE_RESNET)
+        stream = out
+    if sample is not None:
+        writer.linear(f"{ldm}.{sample}.conv", f"{name}.{sample}rs.0.conv", stream, stream)
+    return stream
+
+
 def vae_to_ldm(state: dict[str, Tensor]) -> dict[str, Tensor]:
     widths, per_block = VAE_CONFIG["block_out_channels"], VAE_CONFIG["layers_per_block"]
-    latent = VAE_CONFIG["latent_channels"]
+    latent, last = VAE_CONFIG["latent_channels"], len(widths) - 1
     writer = _Writer(state, VAE_CONFIG["norm_num_groups"])
     stream = tile(widths[0])
     writer.linear("encoder.conv_in", "encoder.conv_in", stream, identity(3))
     for level, width in enumerate(widths):
-        for layer in range(per_block):
-            out = tile(width)
-            writer.resnet(f"encoder.down.{level}.block.{layer}", f"encoder.down_blocks.{level}.resnets.{layer}",
-                          stream, out, _LDM_VAE_RESNET)  # fmt: skip
-            stream = out
-        if level < len(widths) - 1:
-            writer.linear(f"encoder.down.{level}.downsample.conv", f"encoder.down_blocks.{level}.downsamplers.0.conv",
-                          stream, stream)  # fmt: skip
+        stream = _vae_level(writer, f"encoder.down.{level}", f"encoder.down_blocks.{level}", per_block,
+                            "downsample" if level < last else None, stream, width)  # fmt: skip
     _vae_mid(writer, "encoder.mid", "encoder.mid_block", stream)
     writer.norm("encoder.norm_out", "encoder.conv_norm_out", stream)
     writer.linear("encoder.conv_out", "encoder.conv_out", identity(2 * latent), stream)
@@ -279,15 +286,9 @@ def vae_to_ldm(state: dict[str, Tensor]) -> dict[str, Tensor]:
     writer.linear("decoder.conv_in", "decoder.conv_in", stream, identity(latent))
     _vae_mid(writer, "decoder.mid", "decoder.mid_block", stream)
     for level, width in enumerate(reversed(widths)):
-        ldm_level = len(widths) - 1 - level  # ldm numbers the decoder's levels from the bottom
-        for layer in range(per_block + 1):
-            out = tile(width)
-            writer.resnet(f"decoder.up.{ldm_level}.block.{layer}", f"decoder.up_blocks.{level}.resnets.{layer}",
-                          stream, out, _LDM_VAE_RESNET)  # fmt: skip
-            stream = out
-        if level < len(widths) - 1:
-            writer.linear(f"decoder.up.{ldm_level}.upsample.conv", f"decoder.up_blocks.{level}.upsamplers.0.conv",
-                          stream, stream)  # fmt: skip
+        # ldm numbers the decoder's levels from the bottom
+        stream = _vae_level(writer, f"decoder.up.{last - level}", f"decoder.up_blocks.{level}", per_block + 1,
+                            "upsample" if level < last else None, stream, width)  # fmt: skip
     writer.norm("decoder.norm_out", "decoder.conv_norm_out", stream)
     writer.linear("decoder.conv_out", "decoder.conv_out", identity(3), stream)
     return writer.out
