@@ -8,16 +8,11 @@ _a1111 = load_a1111("prompt_parser")
 globals().update({name: value for name, value in vars(_a1111).items() if not name.startswith("__")})
 
 
-class SdConditioning(list):
+class SdConditioning(_a1111.SdConditioning):
     def __init__(self, prompts, is_negative_prompt=False, width=None, height=None, copy_from=None,
                  distilled_cfg_scale=None):  # fmt: skip
-        super().__init__()
-        self.extend(prompts)
-        if copy_from is None:
-            copy_from = prompts
-        self.is_negative_prompt = is_negative_prompt or getattr(copy_from, "is_negative_prompt", False)
-        self.width = width or getattr(copy_from, "width", None)
-        self.height = height or getattr(copy_from, "height", None)
+        super().__init__(prompts, is_negative_prompt, width, height, copy_from)
+        copy_from = prompts if copy_from is None else copy_from
         self.distilled_cfg_scale = distilled_cfg_scale or getattr(copy_from, "distilled_cfg_scale", None)
 
 
