@@ -49,6 +49,9 @@ class FreeCureScript(scripts.Script):
     def post_sample(self, p, ps, *args) -> None:
         self.controller.post_sample(p, ps)
 
+    def postprocess_image(self, p, pp, *args) -> None:
+        self.controller.postprocess_image(p)
+
     def postprocess(self, p, processed, *args) -> None:
         self.controller.postprocess(p, processed)
 

@@ -107,6 +107,21 @@ def test_each_image_reports_its_own_face_passes(webui: WebUIHost) -> None:
     assert "ADetailer face 2: no regional attribute" not in second
 
 
+def test_an_image_without_faces_reports_no_face_pass(webui: WebUIHost) -> None:
+    """ADetailer finds faces in the first image only: the second image's infotext has no face-pass count and
+    no face-pass notes of the first."""
+    webui.shared.opts.data["ad_script_names"] = "freecure"
+    webui.shared.fake_adetailer_faces = lambda index: FACES if index == 0 else []
+    p = webui.txt2img(prompt="a close-up photo of ohwx woman", steps=4, seed=7, n_iter=2)
+    webui.set_script_args(p, freecure(webui), [{**CURE, "attributes": "auto"}])
+    webui.set_script_args(p, webui.script("ADetailer"), [True, False, {"ad_prompt": ""}])
+    result = webui.process(p)
+    assert not webui.errors, webui.errors
+    first, second = result.infotexts[:2]
+    assert "FreeCure ADetailer: 0/2 face passes cured" in first and "ADetailer face 1: " in first
+    assert "FreeCure ADetailer" not in second and "ADetailer face" not in second
+
+
 def test_a_face_pass_takes_the_jobs_xyz_overrides(webui: WebUIHost) -> None:
     """Strength 0 from the job's X/Y/Z cell: the face passes come out as without FreeCure in them (the cured
     txt2img image is the same in both jobs)."""

@@ -18,6 +18,10 @@ def is_face_pass(p: Any) -> bool:
     return bool(getattr(p, "_ad_inner", False))
 
 
+def _image_of(p: Any) -> tuple[int, int]:
+    return getattr(p, "iteration", 0), getattr(p, "batch_index", 0)
+
+
 class FacePasses:
     """The job whose images ADetailer works on now, and how many of the current image's face passes were cured."""
 
@@ -33,13 +37,23 @@ class FacePasses:
         if self.job is p:
             self.job = self._image = None
 
+    def leave_other_image(self, p: Any) -> bool:
+        """At the job's ``postprocess_image`` of an image (before its infotext is made, whether ADetailer ran
+        before or after us): take out a count that belongs to another image, one whose passes came earlier;
+        True when it did."""
+        if self.job is not p or self._image in (None, _image_of(p)):
+            return False
+        self._image, self._passes, self._cured = None, 0, 0
+        p.extra_generation_params.pop(FACE_PASSES_KEY, None)
+        return True
+
     def record(self, cured: bool) -> tuple[Any, int, bool]:
         """Count one face pass of the job's current image; returns the job (None outside a known job), the
         pass's number in the image (from 1) and whether it is the image's first."""
         job = self.job
         if job is None:
             return None, 0, False
-        image = (getattr(job, "iteration", 0), getattr(job, "batch_index", 0))
+        image = _image_of(job)
         first = image != self._image
         if first:  # the infotext is per image: ADetailer runs after each image's sampling
             self._image, self._passes, self._cured = image, 0, 0

@@ -329,6 +329,12 @@ class Controller:
         for note in apg.notes:
             state.note(p, note)
 
+    def postprocess_image(self, p: Any) -> None:
+        """Before an image's infotext: an earlier image's face-pass report is not this image's."""
+        state = job_state(p)
+        if state is not None and not is_face_pass(p) and self.face_passes.leave_other_image(p):
+            state.next_image(p)
+
     def postprocess(self, p: Any, processed: Any) -> None:
         if is_copy_of_a_job(p):  # ADetailer's copy with an empty result: the job's own postprocess comes later
             return

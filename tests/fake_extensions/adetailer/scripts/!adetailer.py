@@ -12,7 +12,8 @@ In ``postprocess_image`` of a job, per image, as the real ``postprocess_image`` 
   job's; each pass starts from the previous pass's image, and the last one replaces the job's image;
 - at the last ``batch_index``, every script's ``before_process`` and ``process`` on ``copy(p)`` (``need_call_process``).
 Detection: the real one runs a YOLO or mediapipe model; the test hands the face boxes (x1, y1, x2, y2) in through
-``shared.fake_adetailer_faces``. The script args are ``[enabled, skip_img2img, {ad_* settings}]`` as the real ones.
+``shared.fake_adetailer_faces`` (the same for every image, or a function of the image's index). The script args
+are ``[enabled, skip_img2img, {ad_* settings}]`` as the real ones.
 """
 
 from copy import copy
@@ -94,7 +95,9 @@ class AfterDetailerScript(scripts.Script):
         if p.batch_index == 0:
             p.scripts.postprocess(copy(p), processing.Processed(p, [], p.seed, ""))
         image = pp.image
-        for face_index, box in enumerate(getattr(shared, "fake_adetailer_faces", [])):
+        faces = getattr(shared, "fake_adetailer_faces", [])
+        faces = faces(p.iteration * p.batch_size + p.batch_index) if callable(faces) else faces
+        for face_index, box in enumerate(faces):
             image = self.face_pass(p, image, box, settings, face_index) or image
         pp.image = image
         if p.batch_index == p.batch_size - 1:
