@@ -58,6 +58,11 @@ def identity(width: int) -> Layout:
     return list(range(width))
 
 
+def geglu(hidden: int) -> Layout:
+    """GEGLU's projection output: its two halves (value, gate) tiled each, so ``chunk(2)`` splits the copies."""
+    return tile(hidden) + [hidden + c for c in tile(hidden)]
+
+
 # A 32-wide tensor concatenated before a 16-wide one (original groups of 6; the sixth group holds
 # channels 30, 31 of the wide one and 0-3 of the narrow one): pairs of groups 0-1 and 2-3 repeated, then
 # 24-31 once, so the wide part ends on channels 30, 31 and its 4-channel groups stay whole as well.
@@ -153,9 +158,8 @@ def _transformer(writer: _Writer, ldm: str, name: str, layout: Layout) -> None:
         for part in ("to_k", "to_v"):
             writer.linear(f"{ldm}.{block}.{attn}.{part}", f"{name}.{block}.{attn}.{part}", inner, context)
         writer.linear(f"{ldm}.{block}.{attn}.to_out.0", f"{name}.{block}.{attn}.to_out.0", inner, inner)
-    hidden = 4 * width  # GEGLU: the projection's two halves (value, gate) are tiled each
-    geglu = tile(hidden) + [hidden + c for c in tile(hidden)]
-    writer.linear(f"{ldm}.{block}.ff.net.0.proj", f"{name}.{block}.ff.net.0.proj", geglu, inner)
+    hidden = 4 * width
+    writer.linear(f"{ldm}.{block}.ff.net.0.proj", f"{name}.{block}.ff.net.0.proj", geglu(hidden), inner)
     writer.linear(f"{ldm}.{block}.ff.net.2", f"{name}.{block}.ff.net.2", inner, tile(hidden))
 
 
@@ -334,12 +338,11 @@ def lora_to_ldm(lora: dict[str, Tensor], model: WorldModel) -> dict[str, Tensor]
         down, up = lora[f"{name}.lora_down.weight"], lora[f"{name}.lora_up.weight"]
         if name.startswith("lora_unet"):
             reads_context = re.search(r"attn2_to_[kv]$", name) is not None
-            in_layout = None if reads_context else tile(module.in_features)
+            in_layout = identity(CONTEXT_DIM) if reads_context else tile(module.in_features)
             out_layout = tile(module.out_features)
             if name.endswith("ff_net_0_proj"):
-                hidden = module.out_features // 2
-                out_layout = tile(hidden) + [hidden + c for c in tile(hidden)]
-            down = down if in_layout is None else convert_weight(down.T, in_layout, None).T / TILE
+                out_layout = geglu(module.out_features // 2)
+            down = convert_weight(down, identity(down.shape[0]), in_layout)
             up = convert_weight(up, out_layout, None)
         out[f"{name}.lora_down.weight"], out[f"{name}.lora_up.weight"] = down.clone(), up.clone()
         if f"{name}.alpha" in lora:
