@@ -45,10 +45,11 @@ class ForwardCount:
 
 
 def job(webui: WebUIHost, *, cure: dict | None, adetailer: dict | None, listed: bool,
-        overrides: dict | None = None) -> tuple[Any, int]:
-    """One txt2img job; returns the result and how many UNet forwards it took."""
+        overrides: dict | None = None, **fields: Any) -> tuple[Any, int]:
+    """One txt2img job (``fields``: more of its settings); returns the result and how many UNet forwards it
+    took."""
     webui.shared.opts.data["ad_script_names"] = "freecure" if listed else ""
-    p = webui.txt2img(prompt=PROMPT, steps=4, seed=7)
+    p = webui.txt2img(**{"prompt": PROMPT, "steps": 4, "seed": 7, **fields})
     if cure is not None:
         webui.set_script_args(p, freecure(webui), [cure])
     if adetailer is not None:
@@ -93,12 +94,8 @@ def test_each_image_reports_its_own_face_passes(webui: WebUIHost) -> None:
     """Two images: the first one's prompt names no attribute (its face passes cure nothing, with a note), the
     second asks for red hair. The infotext is per image: the second must not carry the first one's face-pass
     notes (the job's own notes, from any image, are in every image's)."""
-    webui.shared.opts.data["ad_script_names"] = "freecure"
-    p = webui.txt2img(prompt=["a close-up photo of ohwx woman", PROMPT], steps=4, seed=7, n_iter=2)
-    webui.set_script_args(p, freecure(webui), [{**CURE, "attributes": "auto"}])
-    webui.set_script_args(p, webui.script("ADetailer"), [True, False, {"ad_prompt": ""}])
-    result = webui.process(p)
-    assert not webui.errors, webui.errors
+    result, _ = job(webui, cure={**CURE, "attributes": "auto"}, adetailer={"ad_prompt": ""}, listed=True,
+                    prompt=["a close-up photo of ohwx woman", PROMPT], n_iter=2)
     first, second = result.infotexts[:2]
     assert "FreeCure ADetailer: 0/2 face passes cured" in first
     assert "ADetailer face 1: " in first and "ADetailer face 2: " in first and "no regional attribute" in first
@@ -110,13 +107,9 @@ def test_each_image_reports_its_own_face_passes(webui: WebUIHost) -> None:
 def test_an_image_without_faces_reports_no_face_pass(webui: WebUIHost) -> None:
     """ADetailer finds faces in the first image only: the second image's infotext has no face-pass count and
     no face-pass notes of the first."""
-    webui.shared.opts.data["ad_script_names"] = "freecure"
     webui.shared.fake_adetailer_faces = lambda index: FACES if index == 0 else []
-    p = webui.txt2img(prompt="a close-up photo of ohwx woman", steps=4, seed=7, n_iter=2)
-    webui.set_script_args(p, freecure(webui), [{**CURE, "attributes": "auto"}])
-    webui.set_script_args(p, webui.script("ADetailer"), [True, False, {"ad_prompt": ""}])
-    result = webui.process(p)
-    assert not webui.errors, webui.errors
+    result, _ = job(webui, cure={**CURE, "attributes": "auto"}, adetailer={"ad_prompt": ""}, listed=True,
+                    prompt="a close-up photo of ohwx woman", n_iter=2)
     first, second = result.infotexts[:2]
     assert "FreeCure ADetailer: 0/2 face passes cured" in first and "ADetailer face 1: " in first
     assert "FreeCure ADetailer" not in second and "ADetailer face" not in second

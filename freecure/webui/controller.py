@@ -65,7 +65,7 @@ class JobState:
     cure: contextlib.ExitStack | None = None
     debug: list[tuple[Any, str]] = field(default_factory=list)
     cured_passes: int = 0  # passes whose cure acted and sampled to the end without failing
-    image_notes: list[str] = field(default_factory=list)  # the current image's ADetailer face passes'
+    image_notes: list[str] = field(default_factory=list)  # notes of the current image's ADetailer face passes
 
     def note(self, p: Any, message: str) -> None:
         if message not in self.notes:
