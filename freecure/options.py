@@ -394,6 +394,16 @@ class Options:
         (), _PerAttribute(_Int(0, 64)),
         "Mask dilation in pixels per attribute (e.g. earrings:8); the others take mask_dilation.",
     )  # fmt: skip
+    passes: str = _setting(
+        "exact", _Choice(("exact", "one-pass")),
+        "exact: the foundation pass runs first, then the cure pass; one-pass: the foundation rows run in the "
+        "cure pass's model calls (cheaper; masks from the first part of the schedule).",
+    )  # fmt: skip
+    one_pass_masks_at: float = _setting(
+        0.3, _Float(0.05, 0.95),
+        "One-pass mode: fraction of the schedule whose foundation attention and prediction build the masks; "
+        "the cure acts after it.",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -5,7 +5,8 @@
 (b) :class:`AdapterIdentity`: extra identity tokens attended to in every cross-attention, added by an
     instance ``forward`` on each attn2 module that chains to the module's own forward, the way
     IP-Adapter/InstantID/PuLID arrive through the ControlNet extension.
-Both count the calls in which they actually changed something (``active_calls``).
+Both count the calls in which they actually changed something (``active_calls``), and both can be switched
+per batch row (``set_rows``, what one-pass mode asks of a host's identity sources).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class LoraIdentity:
     def __init__(self, unet: nn.Module, rank: int = 2, scale: float = 0.5, seed: int = 100) -> None:
         gen = torch.Generator().manual_seed(seed)
         self.on = True
+        self.rows: Tensor | None = None  # per batch row, 1.0 where the identity is on (None: every row)
         self.active_calls = 0
         self._handles = []
         for _, attn in attention_modules(unet, cross=False) + attention_modules(unet, cross=True):
@@ -41,12 +43,16 @@ class LoraIdentity:
             if not self.on:
                 return None
             self.active_calls += 1
-            return output + (inputs[0] @ down.to(output.dtype)) @ up.to(output.dtype)
+            delta = (inputs[0] @ down.to(output.dtype)) @ up.to(output.dtype)
+            return output + delta if self.rows is None else output + delta * _per_row(self.rows, output)
 
         return add_delta
 
     def set(self, on: bool) -> None:
         self.on = on
+
+    def set_rows(self, rows: list[bool] | None) -> None:
+        self.rows = None if rows is None else torch.tensor(rows, dtype=torch.float32)
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -60,6 +66,7 @@ class AdapterIdentity:
     def __init__(self, unet: nn.Module, n_tokens: int = 4, scale: float = 1.0, seed: int = 200) -> None:
         gen = torch.Generator().manual_seed(seed)
         self.on = True
+        self.rows: Tensor | None = None  # per batch row, 1.0 where the identity is on (None: every row)
         self.active_calls = 0
         self.scale = scale
         self._patched: list[nn.Module] = []
@@ -86,7 +93,8 @@ class AdapterIdentity:
             k = id_keys.to(q.dtype).view(1, -1, heads, head_dim).transpose(1, 2).expand(batch, -1, -1, -1)
             v = id_values.to(q.dtype).view(1, -1, heads, head_dim).transpose(1, 2).expand(batch, -1, -1, -1)
             extra = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, n_tokens, -1)
-            return out + self.scale * attn.to_out[0](extra)
+            added = self.scale * attn.to_out[0](extra)
+            return out + added if self.rows is None else out + added * _per_row(self.rows, added)
 
         attn.forward = forward
         self._patched.append(attn)
@@ -94,10 +102,20 @@ class AdapterIdentity:
     def set(self, on: bool) -> None:
         self.on = on
 
+    def set_rows(self, rows: list[bool] | None) -> None:
+        self.rows = None if rows is None else torch.tensor(rows, dtype=torch.float32)
+
     def remove(self) -> None:
         for attn in self._patched:
             del attn.forward
         self._patched.clear()
+
+
+def _per_row(rows: Tensor, like: Tensor) -> Tensor:
+    """(B, 1, ...) row factors shaped to broadcast over ``like``."""
+    if rows.numel() != like.shape[0]:
+        raise ValueError(f"identity rows: {rows.numel()} flags for a batch of {like.shape[0]}")
+    return rows.to(like.device, like.dtype).view(-1, *[1] * (like.ndim - 1))
 
 
 def installed_state(unet: nn.Module) -> dict[str, Any]:

@@ -45,6 +45,8 @@ EXPECTED = Options(
     offload_bank=True,
     attribute_strength=(("hair", 1.2), ("glasses", 0.6)),
     attribute_dilation=(("earrings", 8),),
+    passes="one-pass",
+    one_pass_masks_at=0.4,
 )
 
 # What Gradio hands over: ints from integer sliders, lists from multiselect dropdowns, text boxes.
@@ -79,6 +81,8 @@ UI_VALUES = {
     "offload_bank": True,
     "attribute_strength": "glasses:0.6, hair:1.2",
     "attribute_dilation": "earrings:8",
+    "passes": "one-pass",
+    "one_pass_masks_at": 0.4,
 }
 
 # What an X/Y/Z axis or an infotext paste hands over: strings everywhere.
@@ -234,6 +238,8 @@ _random_options = st.fixed_dictionaries(
         "attribute_strength": st.dictionaries(st.sampled_from(["hair", "glasses", "hat", "earrings"]),
                                               st.floats(0.0, 10.0)),
         "attribute_dilation": st.dictionaries(st.sampled_from(["hair", "beard"]), st.integers(0, 64)),
+        "passes": _choice("passes"),
+        "one_pass_masks_at": st.floats(0.05, 0.95),
     }
 )
 
@@ -326,6 +332,8 @@ ERRORS = [
     ({"attribute_strength": 1.5}, "attribute_strength", ["attribute:value"]),
     ({"attribute_dilation": {"chair": 3}}, "attribute_dilation", ["'chair'", "hair"]),
     ({"attribute_dilation": "hair:2.5"}, "attribute_dilation", ["hair", "whole number", "64"]),
+    ({"passes": "two"}, "passes", ["exact", "one-pass"]),
+    ({"one_pass_masks_at": 0.0}, "one_pass_masks_at", ["0.05", "0.95"]),
     ({"enabled": "on"}, "enabled", ["true", "false"]),
 ]
 

@@ -1,10 +1,12 @@
 """The attention engine: the one router between intercepted attention layers and FreeCure's work.
 
 The host announces every denoiser call with ``begin_call`` (row roles, latent size, progress); the
-interceptors ask ``wants(layer, is_self)`` and call the original forward when it is False. Two modes,
+interceptors ask ``wants(layer, is_self)`` and call the original forward when it is False. Three modes,
 entered as context managers: ``recording`` (foundation pass: bank self-attention K/V, record
-cross-attention maps, output untouched) and ``curing`` (cure pass: FASA on chosen self-attention
-layers). Outside them the engine is inert.
+cross-attention maps, output untouched), ``curing`` (cure pass: FASA on chosen self-attention layers with
+the banked K/V) and ``one_pass`` (foundation rows in the personalized pass's calls: their cross-attention
+recorded, and FASA, once ``start_fasa`` gives it masks, reading their K/V in the same call, no bank).
+Outside them the engine is inert.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class AttentionEngine:
         self._mask_cache: dict[tuple[tuple[int, int], int, torch.device], tuple[Tensor, Tensor | None]] = {}
         self._bias_cache: dict[tuple, Tensor] = {}
         self.failure: Exception | None = None  # the first error in our own attention work this pass
+        self.source_misses = 0  # one-pass: cured rows whose image had no foundation row in their module call
 
     # ----- modes -------------------------------------------------------------------------------
 
@@ -55,6 +58,7 @@ class AttentionEngine:
         self.mode = mode
         self.call_index = -1
         self.failure = None
+        self.source_misses = 0
         self._route_nothing()
         try:
             yield
@@ -104,6 +108,35 @@ class AttentionEngine:
 
         return session()
 
+    def one_pass(self, recorder: CrossAttentionRecorder | None) -> AbstractContextManager[None]:
+        """One-pass mode: ``recorder`` gets the foundation rows' cross-attention; FASA starts with
+        ``start_fasa``."""
+        if recorder is not None and not isinstance(recorder, CrossAttentionRecorder):
+            raise TypeError(f"recorder must be a CrossAttentionRecorder or None, got {type(recorder)}")
+
+        @contextmanager
+        def session() -> Iterator[None]:
+            with self._mode("one-pass"):
+                self._recorder = recorder
+                yield
+
+        return session()
+
+    def start_fasa(self, settings: FasaSettings) -> None:
+        """One-pass mode: FASA with ``settings`` from the next ``begin_call`` on, the foundation K/V taken from
+        the foundation rows of each call."""
+        if self.mode != "one-pass":
+            raise RuntimeError(f"start_fasa is for one-pass mode; the engine is {self.mode or 'inert'}")
+        if not isinstance(settings, FasaSettings):
+            raise TypeError(f"settings must be FasaSettings, got {type(settings).__name__}")
+        self._settings = settings
+        self._fasa_can_change = settings.can_change_output()
+
+    def records(self, is_self: bool) -> bool:
+        """Whether a wanted attention call of this kind is observed (its output the original) rather than
+        cured: every call while recording; the cross-attention calls in one-pass mode."""
+        return self.mode == "recording" or (self.mode == "one-pass" and not is_self)
+
     # ----- per denoiser call -------------------------------------------------------------------
 
     def begin_call(self, roles: Sequence[RowRole], latent_hw: tuple[int, int], progress: float) -> None:
@@ -124,17 +157,16 @@ class AttentionEngine:
         self._route_nothing()
         if self.failure is not None or not any(role.cond for role in roles):
             return
-        if self.mode == "recording":
-            if self._bank is not None:
-                self._self_layers = self._bank_layers
-            recorder = self._recorder
-            if recorder is not None and recorder.active_at(progress):
-                self._all_cross = recorder.layers is None
-                self._cross_layers = recorder.layers or _NO_LAYERS
-        elif self.mode == "curing":
-            assert self._settings is not None
-            if self._fasa_can_change and self._settings.active_at(progress):
-                self._self_layers = self._settings.layers
+        if self.mode == "recording" and self._bank is not None:
+            self._self_layers = self._bank_layers
+        recorder = self._recorder
+        if self.mode in ("recording", "one-pass") and recorder is not None and recorder.active_at(progress):
+            self._all_cross = recorder.layers is None
+            self._cross_layers = recorder.layers or _NO_LAYERS
+        settings = self._settings
+        curing = self.mode in ("curing", "one-pass") and settings is not None and self._fasa_can_change
+        if curing and settings.active_at(progress):
+            self._self_layers = settings.layers
 
     def fail(self, error: Exception) -> None:
         """Record a failure of our own attention work and route nothing for the rest of the pass: the host's
@@ -175,10 +207,12 @@ class AttentionEngine:
         rows: Sequence[RowRole],
         grid: tuple[int, int],
     ) -> None:
-        """Recording: give the recorder the conditional rows' q (B, N, C) and context keys k (B, L, C)."""
-        if self.mode != "recording" or self._recorder is None or not self.wants(layer, False):
+        """Recording: give the recorder the conditional rows' q (B, N, C) and context keys k (B, L, C); in
+        one-pass mode the foundation rows' only."""
+        if not self.records(False) or self._recorder is None or not self.wants(layer, False):
             return
-        cond = [row for row, role in enumerate(rows) if role.cond]
+        one_pass = self.mode == "one-pass"
+        cond = [row for row, role in enumerate(rows) if role.cond and (role.foundation or not one_pass)]
         if cond:
             # The call index is the WebUI denoiser's ``step``: the prompt schedule entry each row's context is from.
             roles = [rows[row] for row in cond]
@@ -194,29 +228,36 @@ class AttentionEngine:
         scale: float,
         rows: Sequence[RowRole],
         grid: tuple[int, int],
+        image_tokens_last: bool = False,
     ) -> tuple[list[int], Tensor] | None:
-        """Curing: FASA for the conditional rows that can use it.
+        """Curing and one-pass mode: FASA for the conditional rows that can use it.
 
         q: (B, N, C); k, v: (B, M, C) the rows' own keys/values (M = N, or more when another extension
         passes a context to attn1). Returns (row indices handled, their output (len, N, C) before
         ``to_out``), or None when no row is handled. A row is left to the caller's plain path when it
-        is unconditional, its image's mask is empty on this grid, or the bank has no entry for it (a
-        miss, counted in ``bank.misses``). The foundation contributes only its first N (spatial)
-        tokens, selected by the mask.
+        is unconditional or a foundation row, its image's mask is empty on this grid, or its foundation K/V
+        are missing: no bank entry (counted in ``bank.misses``) or, in one-pass mode, no foundation row of
+        its image among ``rows`` (counted in ``source_misses``). The foundation contributes only its N spatial
+        tokens, selected by the mask: the first N of k, v, or the last N with ``image_tokens_last`` (joint
+        attention, text tokens first).
         """
-        if self.mode != "curing" or layer not in self._self_layers:
+        if self.mode not in ("curing", "one-pass") or layer not in self._self_layers:
             return None
-        assert self._settings is not None and self._bank is not None
+        assert self._settings is not None
         handled: list[int] = []
         outputs: list[Tensor] = []
         n_grid = grid[0] * grid[1]
+        sources: dict[int, int] = {}  # one-pass: image -> its first foundation conditional row here
         for row, role in enumerate(rows):
-            if not role.cond:
+            if role.cond and role.foundation:
+                sources.setdefault(role.image, row)
+        for row, role in enumerate(rows):
+            if not role.cond or role.foundation:
                 continue
             tokens, token_weights = self._tokens_in_mask(role.image, grid, q.device)
             if tokens.numel() == 0:
                 continue
-            found = self._bank.get(layer, self.call_index, role.image, q.device, q.dtype, tokens, n_grid)
+            found = self._foundation_kv(layer, role.image, k, v, sources, tokens, n_grid, image_tokens_last)
             if found is None:
                 continue
             k_found, v_found = found
@@ -230,6 +271,20 @@ class AttentionEngine:
         if not handled:
             return None
         return handled, torch.stack(outputs)
+
+    def _foundation_kv(self, layer: LayerKey, image: int, k: Tensor, v: Tensor, sources: dict[int, int],
+                       tokens: Tensor, n_grid: int, image_tokens_last: bool) -> tuple[Tensor, Tensor] | None:
+        """The foundation's in-mask K/V of ``image``: from the bank, or in one-pass mode from the image's
+        foundation row in this module call."""
+        if self.mode == "curing":
+            assert self._bank is not None
+            return self._bank.get(layer, self.call_index, image, k.device, k.dtype, tokens, n_grid)
+        row = sources.get(image)
+        if row is None:
+            self.source_misses += 1
+            return None
+        spatial = slice(k.shape[1] - n_grid, None) if image_tokens_last else slice(0, n_grid)
+        return k[row, spatial][tokens], v[row, spatial][tokens]
 
     def _tokens_in_mask(
         self, image: int, grid: tuple[int, int], device: torch.device

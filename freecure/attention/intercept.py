@@ -82,7 +82,7 @@ def _route(
     A failure in our own work never breaks the host's sampling: the engine records it and goes inert
     (``engine.fail``), and this call takes the original path.
     """
-    if engine.mode == "recording":
+    if engine.records(is_self):
         out = call_original()
         try:
             _record(engine, tracker, layer, is_self, attn, x, context, kv_inputs)
@@ -110,6 +110,10 @@ def _record(engine: AttentionEngine, tracker: RowTracker, layer: LayerKey, is_se
         if is_self:
             k_in, v_in = kv_inputs(x_cond)
             engine.observe_self(layer, attn.to_k(k_in), attn.to_v(v_in), cond_roles)
+        elif context is not None and engine.mode == "one-pass":
+            # An identity switched per row (one-pass mode) acts on whole batches only: project them all.
+            q, k = attn.to_q(x)[cond], attn.to_k(kv_inputs(context)[0])[cond]
+            engine.observe_cross(layer, q, k, attn.heads, attn.scale, cond_roles, grid)
         elif context is not None:
             q, k = attn.to_q(x_cond), attn.to_k(kv_inputs(context[cond])[0])
             engine.observe_cross(layer, q, k, attn.heads, attn.scale, cond_roles, grid)
@@ -119,6 +123,8 @@ def _cure(engine: AttentionEngine, tracker: RowTracker, layer: LayerKey, attn: n
           context: Tensor | None, call_plain: Callable[[Tensor, Tensor | None], Tensor],
           kv_inputs: KVInputs) -> Tensor | None:
     """FASA output for the whole batch, or None when no row is cured (the caller takes the original path)."""
+    if engine.mode == "one-pass":
+        return _cure_whole_batch(engine, tracker, layer, attn, x, context, kv_inputs)
     rows = tracker.take((layer, True), x.shape[0])
     cond = [row for row, role in enumerate(rows) if role.cond]
     if not cond:
@@ -145,6 +151,38 @@ def _cure(engine: AttentionEngine, tracker: RowTracker, layer: LayerKey, attn: n
     out[rest] = plain
     out[handled] = fasa_out.to(plain.dtype)
     return out
+
+
+def _cure_whole_batch(engine: AttentionEngine, tracker: RowTracker, layer: LayerKey, attn: nn.Module, x: Tensor,
+                      context: Tensor | None, kv_inputs: KVInputs) -> Tensor | None:
+    """One-pass mode: the projections see the whole batch, since the identity is switched per row of it (a
+    subset would meet the wrong rows' switches); the rows FASA leaves (unconditional and foundation rows) get
+    plain attention from the same projections."""
+    rows = tracker.take((layer, True), x.shape[0])
+    grid = token_grid(engine.latent_hw, x.shape[1])
+    k_in, v_in = kv_inputs(x if context is None else context)
+    q, k, v = attn.to_q(x), attn.to_k(k_in), attn.to_v(v_in)
+    result = engine.fasa_rows(layer, q, k, v, attn.heads, attn.scale, rows, grid)
+    if result is None:
+        return None
+    handled, fasa_out = result
+    out = q.new_empty(q.shape)
+    out[handled] = fasa_out.to(q.dtype)
+    taken = set(handled)
+    rest = [row for row in range(x.shape[0]) if row not in taken]
+    if rest:
+        out[rest] = _attention(q[rest], k[rest], v[rest], attn.heads, attn.scale)
+    for module in attn.to_out:  # Linear, Dropout
+        out = module(out)
+    return out
+
+
+def _attention(q: Tensor, k: Tensor, v: Tensor, heads: int, scale: float) -> Tensor:
+    """Plain multi-head attention of (B, N, C) projections, (B, N, C) before ``to_out``."""
+    batch, n_queries, channels = q.shape
+    q, k, v = (t.view(batch, -1, heads, channels // heads).transpose(1, 2) for t in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+    return out.transpose(1, 2).reshape(batch, n_queries, channels)
 
 
 def _check_attention(module: object, where: str) -> nn.Module:

@@ -56,10 +56,12 @@ def joint_attention(
     the engine records it and goes inert (``engine.fail``), and the call takes the original path.
     """
     try:
-        if engine.mode == "recording":
+        if engine.records(True):
             _record(engine, layer, q, k, v, rows)
             return None
-        return _cure(engine, layer, q, k, v, rows, attend)
+        if engine.records(False):  # one-pass mode: the foundation rows' maps and the cure in the same call
+            _record(engine, layer, q, k, v, rows)
+        return _cure(engine, layer, q, k, v, rows, attend) if engine.wants(layer, True) else None
     except Exception as error:
         engine.fail(error)
         return None
@@ -91,7 +93,7 @@ def _record(engine: AttentionEngine, layer: LayerKey, q: Tensor, k: Tensor, v: T
     roles = [rows[row] for row in cond]
     heads, head_dim = q.shape[1], q.shape[3]
     with torch.no_grad():
-        if engine.wants(layer, True):
+        if engine.wants(layer, True) and engine.records(True):
             engine.observe_self(layer, _flat(k[cond, :, n_text:]), _flat(v[cond, :, n_text:]), roles)
         if engine.wants(layer, False) and n_text:
             q_image, k_text = _flat(q[cond, :, n_text:]), _flat(k[cond, :, :n_text])
@@ -107,7 +109,7 @@ def _cure(engine: AttentionEngine, layer: LayerKey, q: Tensor, k: Tensor, v: Ten
     heads, head_dim = q.shape[1], q.shape[3]
     k_flat, v_flat = _flat(k[cond]), _flat(v[cond])
     result = engine.fasa_rows(layer, _flat(q[cond, :, n_text:]), k_flat, v_flat, heads, head_dim**-0.5,
-                              [rows[row] for row in cond], grid)
+                              [rows[row] for row in cond], grid, image_tokens_last=True)
     if result is None:
         return None
     handled = [cond[i] for i in result[0]]

@@ -16,12 +16,14 @@ SECTIONS = UNET_SECTIONS + DIT_SECTIONS  # also the execution order
 
 @dataclass(frozen=True)
 class RowRole:
-    """Role of one batch row in one denoiser call: conditional or not, which image it belongs to, and for a
-    conditional row which AND sub-prompt of the image's prompt is its context (``part``, 0 without AND)."""
+    """Role of one batch row in one denoiser call: conditional or not, which image it belongs to, for a
+    conditional row which AND sub-prompt of the image's prompt is its context (``part``, 0 without AND), and
+    whether it is a foundation row riding in the personalized pass's calls (one-pass mode)."""
 
     cond: bool
     image: int
     part: int = 0
+    foundation: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.cond, bool):
@@ -30,6 +32,8 @@ class RowRole:
             raise ValueError(f"RowRole.image must be an int >= 0, got {self.image!r}")
         if isinstance(self.part, bool) or not isinstance(self.part, int) or self.part < 0:
             raise ValueError(f"RowRole.part must be an int >= 0, got {self.part!r}")
+        if not isinstance(self.foundation, bool):
+            raise TypeError(f"RowRole.foundation must be a bool, got {self.foundation!r}")
 
 
 def check_layer_key(key: object, field: str) -> LayerKey:

@@ -96,8 +96,9 @@ class DiffusersHost:
     UNet's device. Random draws happen on the CPU, so a seed gives the same noise on every device.
 
     ``set_identity(on)`` switches the simulated identity on or off (None: nothing to switch, so the
-    foundation branch equals the personalized one). The initial noise and the ancestral noise stream
-    come from ``seed``, identical for every pass, as the WebUI adapters reproduce them.
+    foundation branch equals the personalized one); ``identity_rows(flags)`` switches it per row of the next
+    UNet calls (None: back to ``set_identity``'s state), which one-pass mode needs. The initial noise and the
+    ancestral noise stream come from ``seed``, identical for every pass, as the WebUI adapters reproduce them.
     """
 
     FAMILIES: tuple[str, ...] = FAMILIES
@@ -115,6 +116,7 @@ class DiffusersHost:
         seed: int = 0,
         text_encoder: TextEncoder | None = None,
         set_identity: Callable[[bool], None] | None = None,
+        identity_rows: Callable[[Sequence[bool] | None], None] | None = None,
         decoder: Callable[[Tensor], Tensor] | None = None,
         batch_cond_uncond: bool = True,
         karras: bool = False,
@@ -132,6 +134,7 @@ class DiffusersHost:
         self.seed = seed
         self.batch_cond_uncond = batch_cond_uncond
         self.set_identity = set_identity
+        self.identity_rows = identity_rows
         self.decoder = decoder
         self.text_encoder = text_encoder or self._default_text_encoder(seed)
         self._sigmas = self._schedule(steps, karras).to(self.device)
@@ -147,27 +150,52 @@ class DiffusersHost:
         return intercept_diffusers(engine, self.unet, RowTracker(engine))
 
     def sample(self, branch: Branch, hooks: CallHooks) -> Tensor:
+        return self._sample((branch,), hooks)
+
+    def sample_together(self, branches: Sequence[Branch], hooks: CallHooks) -> Tensor:
+        """The branches' generations as one batch, branch-major: every denoiser call holds every branch's rows,
+        each from the main pass's noise, with its own prompts and identity (per row)."""
+        reason = self.one_pass_unavailable()
+        if reason is not None:
+            raise ValueError(f"branches: {reason}")
+        return self._sample(tuple(branches), hooks)
+
+    def one_pass_unavailable(self) -> str | None:
+        """Why the branches of a pass cannot share its calls here, or None."""
+        if self.set_identity is not None and self.identity_rows is None:
+            return "this identity is switched for the whole batch, not per row"
+        return None
+
+    def _sample(self, branches: tuple[Branch, ...], hooks: CallHooks) -> Tensor:
         sigmas = self._sigmas
+        copies = len(branches)
         loop: SamplerFn = partial(sampling.SAMPLERS[self.sampler], sigmas=sigmas)
         if self.sampler == "euler_a":
             gen = torch.Generator().manual_seed(self.seed + 1)  # a fresh stream per pass, like the WebUI's
             def noise(_sigma: Tensor, _sigma_next: Tensor) -> Tensor:
-                return torch.randn(self.noise.shape, generator=gen, dtype=self.dtype).to(self.device)
+                drawn = torch.randn(self.noise.shape, generator=gen, dtype=self.dtype).to(self.device)
+                return drawn.repeat(copies, 1, 1, 1)
 
             loop = partial(loop, noise_sampler=noise)
-        return self.run(loop, self.noise * sigmas[0], branch, hooks)
+        return self._run(loop, self.noise.repeat(copies, 1, 1, 1) * sigmas[0], branches, hooks)
 
     def run(self, fn: SamplerFn, x: Tensor, branch: Branch, hooks: CallHooks) -> Tensor:
-        if len(branch.prompts) != x.shape[0]:
-            raise ValueError(f"branch.prompts: {len(branch.prompts)} prompts for a batch of {x.shape[0]}")
-        if self.set_identity is not None:
-            self.set_identity(branch.identity)
+        return self._run(fn, x, (branch,), hooks)
+
+    def _run(self, fn: SamplerFn, x: Tensor, branches: tuple[Branch, ...], hooks: CallHooks) -> Tensor:
+        rows = sum(len(branch.prompts) for branch in branches)
+        if rows != x.shape[0]:
+            raise ValueError(f"branch.prompts: {rows} prompts for a batch of {x.shape[0]}")
+        if self.set_identity is not None and len(branches) == 1:
+            self.set_identity(branches[0].identity)
         try:
             with torch.no_grad():
-                return fn(self._cfg_denoiser(branch, hooks), x, extra_args={}, callback=None)
+                return fn(self._cfg_denoiser(branches, hooks), x, extra_args={}, callback=None)
         finally:
             if self.set_identity is not None:
                 self.set_identity(True)
+            if self.identity_rows is not None:
+                self.identity_rows(None)
 
     def layer_keys(self) -> list[LayerKey]:
         return [key for key, is_self in diffusers_layer_keys(self.unet).values() if is_self]
@@ -216,34 +244,63 @@ class DiffusersHost:
     def _latent_channels(self) -> int:
         return self.unet.config.in_channels
 
-    def _cfg_denoiser(self, branch: Branch, hooks: CallHooks) -> Callable[..., Tensor]:
-        cond = self.text_encoder.encode(branch.prompts).to(self.device, self.dtype)
-        uncond = self.text_encoder.encode(branch.negative_prompts).to(self.device, self.dtype)
-        with_uncond = branch.cfg_scale != 1.0  # guidance 1 needs no uncond rows (Forge's shortcut)
-        added = self._added_cond(branch)
+    def _cfg_denoiser(self, branches: tuple[Branch, ...], hooks: CallHooks) -> Callable[..., Tensor]:
+        """Rows as A1111 lays them out, [cond rows..., uncond rows...], each half branch-major."""
+        def contexts(texts_of: Callable[[Branch], Sequence[str]]) -> Tensor:
+            return torch.cat([self._encoded(branch, texts_of(branch), len(branches) > 1) for branch in branches])
+
+        cond = contexts(lambda branch: branch.prompts)
+        uncond = contexts(lambda branch: branch.negative_prompts)
+        # guidance 1 needs no uncond rows (Forge's shortcut)
+        with_uncond = any(branch.cfg_scale != 1.0 for branch in branches)
+        added = self._added_cond(branches)
+        images = [len(branch.prompts) for branch in branches]
+        identity = [branch.identity for branch, count in zip(branches, images, strict=True) for _ in range(count)]
+        cond_roles = [RowRole(True, image, foundation=not branch.identity)
+                      for branch, count in zip(branches, images, strict=True) for image in range(count)]
+        uncond_roles = [RowRole(False, role.image, foundation=role.foundation) for role in cond_roles]
 
         def denoise(x: Tensor, sigma: Tensor, **_: Any) -> Tensor:
             self.check_interrupt()
-            batch = x.shape[0]
-            roles = [RowRole(True, i) for i in range(batch)]
+            roles = list(cond_roles)
             halves = [(x, cond, None if added is None else added[0])]
             if with_uncond:
-                roles += [RowRole(False, i) for i in range(batch)]
+                roles += uncond_roles
                 halves.append((x, uncond, None if added is None else added[1]))
             hooks.before_call(roles, self.latent_hw, self._progress(sigma[0]))
             if self.batch_cond_uncond:
                 merged_added = None if added is None else _cat_dicts([h[2] for h in halves])
-                x0 = self._x0(torch.cat([h[0] for h in halves]), sigma.repeat(len(halves)),
-                              torch.cat([h[1] for h in halves]), merged_added)
+                x0 = self._model(torch.cat([h[0] for h in halves]), sigma.repeat(len(halves)),
+                              torch.cat([h[1] for h in halves]), merged_added, identity * len(halves))
                 x0_parts = x0.chunk(len(halves))
             else:
-                x0_parts = tuple(self._x0(h[0], sigma, h[1], h[2]) for h in halves)
+                x0_parts = tuple(self._model(h[0], sigma, h[1], h[2], identity) for h in halves)
             guided = x0_parts[0]
             if with_uncond:
-                guided = x0_parts[1] + branch.cfg_scale * (x0_parts[0] - x0_parts[1])
+                scales = torch.tensor([branch.cfg_scale for branch, count in zip(branches, images, strict=True)
+                                       for _ in range(count)], dtype=x.dtype, device=x.device).view(-1, 1, 1, 1)
+                guided = x0_parts[1] + scales * (x0_parts[0] - x0_parts[1])
             return hooks.after_cfg(x, sigma, guided)
 
         return denoise
+
+    def _encoded(self, branch: Branch, texts: Sequence[str], switch: bool) -> Tensor:
+        """The context of ``texts``; with ``switch``, encoded with the branch's identity (a text encoder may carry
+        the identity too), the identity put back on afterwards."""
+        if switch and self.set_identity is not None:
+            self.set_identity(branch.identity)
+        try:
+            return self.text_encoder.encode(texts).to(self.device, self.dtype)
+        finally:
+            if switch and self.set_identity is not None:
+                self.set_identity(True)
+
+    def _model(self, x: Tensor, sigma: Tensor, context: Tensor, added: dict[str, Tensor] | None,
+               identity: Sequence[bool]) -> Tensor:
+        """One model call; ``identity`` per row, switched per row where the rows differ (one-pass mode)."""
+        if self.identity_rows is not None and len(set(identity)) > 1:
+            self.identity_rows(identity)
+        return self._x0(x, sigma, context, added)
 
     def _x0(self, x: Tensor, sigma: Tensor, context: Tensor, added: dict[str, Tensor] | None) -> Tensor:
         """eps-prediction UNet -> x0 in the k-diffusion parameterization."""
@@ -255,14 +312,14 @@ class DiffusersHost:
         eps = self.unet(x * c_in, t, encoder_hidden_states=context, **kwargs).sample
         return x - sigma_b * eps
 
-    def _added_cond(self, branch: Branch) -> tuple[dict[str, Tensor], dict[str, Tensor]] | None:
+    def _added_cond(self, branches: tuple[Branch, ...]) -> tuple[dict[str, Tensor], dict[str, Tensor]] | None:
         """The conditional and unconditional half's extra model inputs (SDXL's pooled text and size ids)."""
         if self.family != "sdxl":
             return None
         height, width = (8 * s for s in self.latent_hw)
         time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.dtype)
-        rows = len(branch.prompts)
-        halves = (branch.prompts, branch.negative_prompts)
+        rows = sum(len(branch.prompts) for branch in branches)
+        halves = ([t for b in branches for t in b.prompts], [t for b in branches for t in b.negative_prompts])
         pooled = [self.text_encoder.pooled(texts).to(self.device, self.dtype) for texts in halves]
         time_ids = time_ids.to(self.device).repeat(rows, 1)
         return tuple({"text_embeds": p, "time_ids": time_ids} for p in pooled)  # type: ignore[return-value]

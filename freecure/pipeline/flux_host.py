@@ -68,8 +68,8 @@ class DiffusersFluxHost(DiffusersHost):
     def _latent_channels(self) -> int:
         return self.unet.config.in_channels // 4  # 2x2 patches
 
-    def _added_cond(self, branch: Branch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        halves = (branch.prompts, branch.negative_prompts)
+    def _added_cond(self, branches: tuple[Branch, ...]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        halves = ([t for b in branches for t in b.prompts], [t for b in branches for t in b.negative_prompts])
         return tuple(  # type: ignore[return-value]
             {"pooled": self.text_encoder.pooled(texts).to(self.device, self.dtype)} for texts in halves
         )

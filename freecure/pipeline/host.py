@@ -91,6 +91,16 @@ class Host(Protocol):
         """A full generation of ``branch`` from the main pass's exact initial noise, with the main pass's
         sampler, schedule and ancestral noise stream; returns the final latents (B, C, h, w)."""
 
+    def sample_together(self, branches: Sequence[Branch], hooks: CallHooks) -> Tensor:
+        """One generation of every branch in the same model calls (one-pass mode): the batch holds each
+        branch's images in turn (branch-major), each from the main pass's exact initial and ancestral noise,
+        with its own conditioning and its identity per row; the row roles mark the identity-off branch's
+        rows ``foundation``. Returns the final latents of all rows, in that order."""
+
+    def one_pass_unavailable(self) -> str | None:
+        """Why ``sample_together`` cannot run this generation (say, an identity that is switched for the whole
+        batch only), or None."""
+
     def run(self, fn: SamplerFn, x: Tensor, branch: Branch, hooks: CallHooks) -> Tensor:
         """Run the k-diffusion-style loop ``fn`` from latent ``x`` with the host's CFG denoiser for
         ``branch`` (used by APG for inversion and regeneration)."""

@@ -12,7 +12,7 @@ only (``with host.attach(...)``), so nothing stays installed after a stage retur
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -109,6 +109,46 @@ class BlendHooks(PlainHooks):
         x_f, x0_f = self.predictions[index]
         weight = self.weight_map.to(device=x0.device, dtype=x0.dtype)
         return sampling.blend_prediction(x_t, x0, x_f.to(x0.device), x0_f.to(x0.device), weight)
+
+
+class OnePassHooks(EngineHooks):
+    """One-pass mode: the personalized rows (the first ``images`` rows of every latent) and the foundation rows
+    (the rest) in the same denoiser calls. At the first call at or after ``masks_at`` the session builds the
+    masks from what the foundation rows showed so far (``start_cure``), and the cure acts from that call on:
+    FASA through the engine, or blending the personalized rows' x0 toward the foundation rows' here."""
+
+    def __init__(self, engine: AttentionEngine, images: int, masks_at: float, blend_start: float,
+                 start_cure: Callable[[Tensor | None, tuple[int, int]], Tensor | None]) -> None:
+        super().__init__(engine)
+        self.images = images
+        self.masks_at = masks_at
+        self.blend_start = blend_start
+        self.start_cure = start_cure
+        self.started = False
+        self.blend_weight_map: Tensor | None = None  # from start_cure: a * M per image, for noise blending
+        self.failure: Exception | None = None  # what start_cure raised; the pass then runs uncured
+        self._foundation_x0: Tensor | None = None  # the foundation rows' guided x0 of the latest call
+        self._progress = 0.0
+
+    def before_call(self, roles: Sequence[RowRole], latent_hw: tuple[int, int], progress: float) -> None:
+        self._progress = progress
+        if not self.started and progress >= self.masks_at:
+            self.started = True
+            try:
+                self.blend_weight_map = self.start_cure(self._foundation_x0, latent_hw)
+            except Exception as error:  # a WebUI swallows its callbacks' errors: kept for the session
+                self.failure = error
+        super().before_call(roles, latent_hw, progress)
+
+    def after_cfg(self, x_t: Tensor, sigma: Tensor, x0: Tensor) -> Tensor:
+        images = self.images
+        self._foundation_x0 = x0[images:]
+        weight = self.blend_weight_map
+        if weight is None or self._progress < self.blend_start:
+            return x0
+        weight = weight.to(device=x0.device, dtype=x0.dtype)
+        cured = sampling.blend_prediction(x_t[:images], x0[:images], x_t[images:], x0[images:], weight)
+        return torch.cat([cured, x0[images:]])
 
 
 BANK_SHARE_OF_MODEL = 0.2  # DESIGN.md section 5: peak GPU memory <= 1.25x a plain generation
@@ -351,10 +391,23 @@ class CureSession:
                 for masks in self.masks]
 
     def _union_masks(self) -> list[Tensor]:
-        return [torch.from_numpy(m.union) for m in self.masks]
+        return self._union_masks_of(self.masks)
+
+    @staticmethod
+    def _union_masks_of(masks: Sequence[AttributeMasks]) -> list[Tensor]:
+        return [torch.from_numpy(m.union) for m in masks]
 
     def _cures_with(self, masks: Sequence[Tensor]) -> bool:
         return self.plan.cure and self.foundation_latents is not None and any(bool(m.any()) for m in masks)
+
+    def _fasa_settings(self, masks: Sequence[Tensor], own_masks: bool) -> FasaSettings:
+        return FasaSettings(
+            layers=self.layers,
+            weight=self.options.strength,
+            progress_range=(self.options.step_start, self.options.step_end),
+            masks=masks,
+            attribute_weights=self._attribute_weights() if own_masks else (),
+        )
 
     @contextmanager
     def curing(self, masks: Sequence[Tensor] | None = None) -> Iterator[PlainHooks]:
@@ -377,13 +430,7 @@ class CureSession:
             raise ValueError(f"masks: {len(masks)} mask(s) for {len(self.personalized.prompts)} image(s)")
         if self.options.method == "fasa":
             assert self.bank is not None
-            settings = FasaSettings(
-                layers=self.layers,
-                weight=self.options.strength,
-                progress_range=(self.options.step_start, self.options.step_end),
-                masks=masks,
-                attribute_weights=self._attribute_weights() if own_masks else (),
-            )
+            settings = self._fasa_settings(masks, own_masks)
             hooks = EngineHooks(self.engine)
             with self.host.attach(self.engine), self.engine.curing(settings, self.bank):
                 yield hooks
@@ -403,6 +450,73 @@ class CureSession:
         failure = self.engine.failure
         if failure is not None:
             raise CureError(f"attention failed in the {stage} ({type(failure).__name__}: {failure})") from failure
+
+    # --- one-pass mode: stages 1 to 3 in one pass -----------------------------------------------------
+
+    def one_pass_unavailable(self) -> str | None:
+        """Why this cure cannot run in one pass here (the caller runs the exact passes), or None."""
+        if not self.plan.cure:
+            return "nothing to cure in masks"
+        return self.host.one_pass_unavailable()
+
+    def one_pass(self, region: Tensor | None = None, masks: Sequence[Tensor] | None = None) -> Tensor:
+        """Foundation and cure in one pass: the foundation rows (identity off) run in the personalized pass's
+        model calls. Their cross-attention over the first ``one_pass_masks_at`` of the schedule and their
+        guided x0 then (for the face parser) build the masks, as ``build_masks`` does (``region`` as there);
+        from that call on FASA reads the foundation rows' K/V of the same call (no bank), or the personalized
+        x0 is blended toward theirs. ``masks`` (one 2-D mask per image) replaces the mask stage: the cure
+        then acts from the first call. Returns the personalized latents; ``foundation_latents`` and
+        ``foundation_images`` are the foundation rows' final ones."""
+        self.host.check_interrupt()
+        options = self.options
+        masks_at = options.one_pass_masks_at if masks is None else 0.0
+        if options.method == "fasa":
+            self.layers = preset_layers(options.layers, self.host.layer_keys(), self.host.family)
+        columns = self.host.prompt_columns(self.foundation_branch.prompts, self.plan.phrases)
+        map_layers = preset_layers("default", self.host.layer_keys(), self.host.family)
+        recorder = None
+        if columns.names() and masks is None:
+            recorder = CrossAttentionRecorder(columns, layers=map_layers, progress_range=(0.0, masks_at))
+        images = len(self.personalized.prompts)
+        given = None if masks is None else list(masks)
+        if given is not None and len(given) != images:
+            raise ValueError(f"masks: {len(given)} mask(s) for {images} image(s)")
+
+        def start_cure(foundation_x0: Tensor | None, latent_hw: tuple[int, int]) -> Tensor | None:
+            """Masks from the foundation rows so far; starts FASA, or returns the blend weight map."""
+            if given is not None:
+                cure_masks = given
+            else:
+                assert foundation_x0 is not None  # masks_at > 0: a call has run
+                self.maps = recorder.maps() if recorder is not None else {}
+                self.foundation_images = self.host.decode(foundation_x0)
+                cure_masks = self._union_masks_of(self.build_masks(region))
+            if not any(bool(m.any()) for m in cure_masks):
+                self.notes.append("every mask is empty: the cure pass is the plain personalized pass")
+                return None
+            if options.method == "fasa":
+                self.engine.start_fasa(self._fasa_settings(cure_masks, own_masks=given is None))
+                return None
+            return options.blend_weight * torch.stack([to_latent(m, latent_hw) for m in cure_masks])[:, None]
+
+        hooks = OnePassHooks(self.engine, images, masks_at, options.blend_start, start_cure)
+        branches = (self.personalized, self.foundation_branch)
+        with self.host.attach(self.engine), self.engine.one_pass(recorder):
+            latents = self.host.sample_together(branches, hooks)
+        if hooks.failure is not None:
+            failure = hooks.failure
+            raise CureError(f"one-pass masks failed ({type(failure).__name__}: {failure})") from failure
+        self._raise_attention_failure("one-pass cure")
+        if not hooks.started:
+            self.notes.append(f"one-pass: no call at or after {masks_at:g} of the schedule: nothing was cured")
+        if self.engine.source_misses:
+            self.notes.append(f"one-pass: {self.engine.source_misses} FASA row(s) had no foundation row in their call")
+        self.calls["one-pass"] = hooks.calls
+        self.foundation_latents = latents[images:]
+        self.foundation_images = self.host.decode(self.foundation_latents)
+        if given is None:
+            self.notes.append(f"one pass: masks from the foundation rows over the first {masks_at:g} of the schedule")
+        return latents[:images]
 
     # --- stage 4: APG ---------------------------------------------------------------------------------
 
@@ -500,13 +614,21 @@ def run_freecure(
     )
     stage = "foundation pass"
     try:
-        session.foundation(foundation_cache, foundation_key)
-        stage = "masks"
-        if masks is None:
-            session.build_masks()
-        stage = "cure pass"
-        with session.curing(masks) as hooks:
-            latents = host.sample(session.personalized, hooks)
+        one_pass = session.options.passes == "one-pass"
+        blocker = session.one_pass_unavailable() if one_pass else None
+        if one_pass and blocker is not None and session.plan.cure:
+            session.notes.append(f"one-pass mode unavailable ({blocker}): exact passes")
+        if one_pass and blocker is None:
+            stage = "one-pass cure"
+            latents = session.one_pass(masks=masks)
+        else:
+            session.foundation(foundation_cache, foundation_key)
+            stage = "masks"
+            if masks is None:
+                session.build_masks()
+            stage = "cure pass"
+            with session.curing(masks) as hooks:
+                latents = host.sample(session.personalized, hooks)
         stage = "APG"
         latents = session.apg(latents)
     except CureError:
