@@ -71,12 +71,22 @@ class CallRouter:
         self.job = job  # the ``p`` whose samplings these callbacks belong to
         self.hooks: CallHooks | None = None
         self.cond_counts: list[int] = []
+        self.images_per_branch = 0  # one-pass mode: the batch holds the personalized images, then the foundation's
         self._x_t: torch.Tensor | None = None
         self._sigma: torch.Tensor | None = None
 
-    def route(self, hooks: CallHooks | None, cond_counts: Sequence[int]) -> None:
+    def route(self, hooks: CallHooks | None, cond_counts: Sequence[int], images_per_branch: int = 0) -> None:
+        """Route the callbacks to ``hooks``; ``images_per_branch``: in a one-pass batch, the number of images of
+        each branch (rows of image ``images_per_branch`` on are the foundation's), 0 otherwise."""
         self.hooks = hooks
         self.cond_counts = list(cond_counts)
+        self.images_per_branch = images_per_branch
+
+    def _role(self, cond: bool, image: int, part: int = 0) -> RowRole:
+        per_branch = self.images_per_branch
+        if not per_branch:
+            return RowRole(cond=cond, image=image, part=part)
+        return RowRole(cond=cond, image=image % per_branch, part=part, foundation=image >= per_branch)
 
     def latents(self, params: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """The call's input latent and sigma, one row per image: A1111 hands the batched rows, and the last
@@ -94,8 +104,8 @@ class CallRouter:
             release_leftovers()
             return
         self._x_t, self._sigma = self.latents(params)
-        roles = [RowRole(cond=True, image=i, part=j) for i, count in enumerate(self.cond_counts) for j in range(count)]
-        roles += [RowRole(cond=False, image=i) for i in range(self._x_t.shape[0])]
+        roles = [self._role(True, i, j) for i, count in enumerate(self.cond_counts) for j in range(count)]
+        roles += [self._role(False, i) for i in range(self._x_t.shape[0])]
         # The denoiser's own call count over the calls it expects, as the WebUI's prompt schedules and CFG
         # options count (``state.sampling_step`` is set after each step: one step late).
         denoiser = params.denoiser
@@ -128,6 +138,21 @@ def registered_callbacks(router: CallRouter) -> Iterator[None]:
         script_callbacks.remove_callbacks_for_function(router.on_cfg_after_cfg)
 
 
+class RepeatedNoise:
+    """The job's ``p.rng`` for a batch that holds its images ``copies`` times (one-pass mode): every draw is
+    the images' own draw, repeated, so each copy gets the noise the job's sampling would give it."""
+
+    def __init__(self, rng: Any, copies: int) -> None:
+        self.rng = rng
+        self.copies = copies
+
+    def next(self) -> torch.Tensor:
+        return self.rng.next().repeat(self.copies, 1, 1, 1)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.rng, name)
+
+
 class A1111Host:
     """The pipeline's host interface for one sampling pass of one batch of an A1111 job."""
 
@@ -147,6 +172,8 @@ class A1111Host:
                                tuple(p.hr_negative_prompts if is_hires else p.negative_prompts))
         self.family = model_family(p.sd_model)
         self.router = CallRouter(p)
+        # One-pass mode: the pass's own sampler call, ``(x, c, uc, image_conditioning=...)``, set by the controller.
+        self.main_sampling: Callable[..., torch.Tensor] | None = None
 
     # -- attention and callbacks -------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -155,10 +182,10 @@ class A1111Host:
             yield
 
     @contextlib.contextmanager
-    def routed(self, hooks: CallHooks, conditioning: Any) -> Iterator[None]:
+    def routed(self, hooks: CallHooks, conditioning: Any, images_per_branch: int = 0) -> Iterator[None]:
         """The CFG callbacks, routed to ``hooks`` for sampling with ``conditioning``; also used around the
-        WebUI's own main sampling, which is the cure pass."""
-        self.router.route(hooks, cond_rows_per_image(conditioning))
+        WebUI's own main sampling, which is the cure pass (``images_per_branch``: see ``CallRouter.route``)."""
+        self.router.route(hooks, cond_rows_per_image(conditioning), images_per_branch)
         try:
             with registered_callbacks(self.router):
                 yield
@@ -292,6 +319,48 @@ class A1111Host:
                 else:
                     result = sampler.sample(self.p, self.x, c, uc,
                                             image_conditioning=self.p.txt2img_image_conditioning(self.x))
+        self.check_interrupt()
+        return result
+
+    def one_pass_unavailable(self) -> str | None:
+        """Why the foundation rows cannot ride in this pass's sampling (one-pass mode), or None: the WebUI's
+        sampler must sample a txt2img first pass with seeded noise that can be repeated per branch, and every
+        identity source must act through the prompts (embeddings, trigger words), which are per row."""
+        from modules import sd_samplers
+
+        if self.is_hires or self.is_img2img:
+            return "it cures the first pass of txt2img only"
+        if self.main_sampling is None:
+            return "the WebUI's sampler call was not found"
+        config = sd_samplers.find_sampler_config(self._sampler_name())
+        if config is None or config.options.get("brownian_noise", False):
+            return f"{self._sampler_name()} draws its noise per seed for the batch it is given"
+        sources = self.identity.sources()
+        if sources:
+            return f"{', '.join(sources)} acts on the whole batch, not per row"
+        return None
+
+    def sample_together(self, branches: Sequence[Branch], hooks: CallHooks) -> torch.Tensor:
+        """The branches in one sampling of the WebUI's own sampler (``main_sampling``): the latent, the
+        conditionings and the ancestral noise repeated per branch, image-major within each."""
+        from modules import prompt_parser
+
+        reason = self.one_pass_unavailable()
+        if reason is not None:
+            raise ValueError(f"branches: {reason}")
+        assert self.main_sampling is not None
+        conds = [self._conds(branch) for branch in branches]
+        batch = [row for c, _ in conds for row in c.batch]
+        c = prompt_parser.MulticondLearnedConditioning(shape=(len(batch),), batch=batch)
+        uc = [row for _, branch_uc in conds for row in branch_uc]
+        x = self.x.repeat(len(branches), 1, 1, 1)
+        saved_rng = self.p.rng
+        self.p.rng = RepeatedNoise(saved_rng, len(branches))  # k-diffusion's noise: TorchHijack reads p.rng
+        try:
+            with self._pass_state(), self.routed(hooks, c, images_per_branch=self.x.shape[0]):
+                result = self.main_sampling(x, c, uc, image_conditioning=self.p.txt2img_image_conditioning(x))
+        finally:
+            self.p.rng = saved_rng
         self.check_interrupt()
         return result
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -164,7 +166,8 @@ class Controller:
         from modules import shared
 
         hires = bool(getattr(p, "enable_hr", False))
-        foundations = sum(selected_pass(state.options.hires, is_hires) for is_hires in (False, True)[:1 + hires])
+        foundations = 0 if state.options.passes == "one-pass" else \
+            sum(selected_pass(state.options.hires, is_hires) for is_hires in (False, True)[:1 + hires])
         apg = plan_cure(state.options, analyze_prompt(p.prompts[0])).apg if p.prompts else False
         shared.state.job_count += foundations + (1 if apg else 0)
         state.session = state.host = state.apg_session = None
@@ -208,16 +211,20 @@ class Controller:
             if sampler.__dict__.get(method) is sample:
                 del sampler.__dict__[method]
             noise = args[0] if from_latent else x  # sample_img2img(p, x, noise, c, uc, ...); sample(p, x, c, uc, ...)
-            self._start_cure_or_note(p, state, x=x, noise=noise, c=c, uc=uc, is_hires=is_hires)
-            return original(sampling_p, x, *args, **kwargs)
+            cured = self._start_cure_or_note(p, state, x=x, noise=noise, c=c, uc=uc, is_hires=is_hires,
+                                             main_sampling=partial(original, sampling_p))
+            return original(sampling_p, x, *args, **kwargs) if cured is None else cured
 
         sample.freecure_wraps = original
         sampler.__dict__[method] = sample
 
     def _start_cure_or_note(self, p: Any, state: JobState, *, x: torch.Tensor, noise: torch.Tensor, c: Any,
-                            uc: Any, is_hires: bool) -> None:
+                            uc: Any, is_hires: bool, main_sampling: Callable[..., torch.Tensor]) -> torch.Tensor | None:
+        """Start the cure of this pass; in one-pass mode run it, returning the pass's cured samples (None: the
+        WebUI's sampler samples the pass, with the cure installed or uncured)."""
         try:
-            self._start_cure(p, state, x=x, noise=noise, c=c, uc=uc, is_hires=is_hires)
+            return self._start_cure(p, state, x=x, noise=noise, c=c, uc=uc, is_hires=is_hires,
+                                    main_sampling=main_sampling)
         except CureInterrupted as stop:
             self._close_cure(state)
             state.note(p, f"cure stopped: {stop}; the image is uncured")
@@ -225,6 +232,7 @@ class Controller:
             self._close_cure(state)
             traceback.print_exc()
             state.note(p, f"cure failed ({type(error).__name__}: {error}); the image is uncured")
+        return None
 
     @staticmethod
     def _prepare_apg(p: Any, state: JobState, *, x: torch.Tensor, noise: torch.Tensor, c: Any, uc: Any,
@@ -243,7 +251,7 @@ class Controller:
             state.apg_session = state.session = None
 
     def _start_cure(self, p: Any, state: JobState, *, x: torch.Tensor, noise: torch.Tensor, c: Any, uc: Any,
-                    is_hires: bool) -> None:
+                    is_hires: bool, main_sampling: Callable[..., torch.Tensor]) -> torch.Tensor | None:
         from modules import shared
 
         options = state.options
@@ -265,6 +273,13 @@ class Controller:
         state.session, state.host, state.apg_session = session, host, None
         for note in session.notes:
             state.note(p, note)
+        if options.passes == "one-pass" and session.plan.cure:
+            host.main_sampling = main_sampling
+            reason = session.one_pass_unavailable()
+            if reason is None:
+                return self._one_pass(p, state, is_hires=is_hires)
+            state.note(p, f"one-pass mode unavailable ({reason}): exact passes")
+            shared.state.job_count += 1  # process_batch counted no foundation pass
 
         cache = foundation_cache()
         key = None if cache is None else foundation_key(
@@ -284,6 +299,24 @@ class Controller:
             shared.state.textinfo = "FreeCure: cure pass"
         for note in session.notes:
             state.note(p, note)
+        return None
+
+    @staticmethod
+    def _one_pass(p: Any, state: JobState, *, is_hires: bool) -> torch.Tensor:
+        """One-pass mode: the foundation rows sample in the pass's own sampling; returns its cured samples."""
+        from modules import shared
+
+        session = state.session
+        shared.state.textinfo = "FreeCure: one-pass cure"
+        samples = session.one_pass(region=state.host.inpaint_region())
+        if session.cures:
+            state.cured_passes += 1
+        if state.options.debug_images:
+            label = ("hi-res" if is_hires else "low-res") if getattr(p, "enable_hr", False) else ""
+            state.debug.extend(debug_images(session, label))
+        for note in session.notes:
+            state.note(p, note)
+        return samples
 
     @staticmethod
     def _enter_cure(state: JobState, conditioning: Any) -> None:

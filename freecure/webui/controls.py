@@ -61,6 +61,8 @@ CONTROLS: dict[str, Control] = {
         Control("offload_bank", "Keep the whole attention bank in CPU memory", "checkbox", _ADVANCED),
         Control("attribute_strength", "Strength per attribute (e.g. hair:1.2, glasses:0.6)", "textbox", _ADVANCED),
         Control("attribute_dilation", "Mask dilation per attribute (px, e.g. earrings:8)", "textbox", _ADVANCED),
+        Control("passes", "Passes", "radio", _ADVANCED),
+        Control("one_pass_masks_at", "One-pass: masks after (fraction of steps)", "slider", _ADVANCED, 0.01),
     )
 }
 

@@ -146,7 +146,7 @@ def make_patch(engine: AttentionEngine, layer: LayerKey, is_self: bool, previous
         rows = rows_of(options, q.shape[0], engine.roles)
         heads, scale = options["n_heads"], options["dim_head"] ** -0.5
         grid = token_grid(engine.latent_hw, q.shape[1])
-        if engine.mode == "recording":
+        if engine.records(is_self):
             out = original(q, k, v, options)
             if is_self:
                 engine.observe_self(layer, k, v, rows)
@@ -194,6 +194,11 @@ class ForgeHost(A1111Host):
     @property
     def unet(self) -> torch.nn.Module:
         return self.p.sd_model.forge_objects.unet.model.diffusion_model
+
+    def one_pass_unavailable(self) -> str | None:
+        # Forge's sampling function builds each row's conditioning from Forge's own cond objects, which a
+        # batch of branches would have to be assembled for: not done yet.
+        return "it is built for A1111's sampler so far"
 
     def layer_keys(self) -> list[LayerKey]:
         return list(joint_blocks(self.unet)) if is_flux(self.unet) else super().layer_keys()

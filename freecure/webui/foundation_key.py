@@ -43,6 +43,8 @@ CURE_ONLY_OPTIONS = frozenset({
     "apg", "apg_strength", "apg_source", "apg_target", "apg_guidance", "hires", "debug_images",
     # a strength of 0 leaves an attribute out of the plan, which changes the recorded phrases (in the key)
     "attribute_strength", "attribute_dilation",
+    # one-pass mode samples its foundation inside the cure pass and keeps nothing for reuse
+    "passes", "one_pass_masks_at",
 })
 
 

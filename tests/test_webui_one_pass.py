@@ -1,0 +1,112 @@
+"""One-pass mode in WebUI jobs: on A1111 the foundation rows sample in the job's own sampler call, so a job
+makes one sampling; where the rows cannot be switched per row (a LoRA, an ancestral noise the host cannot
+repeat, hires and img2img passes, Forge) the job runs the exact passes and says why."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from webui_checks import CURE, image_tensor, module_state, run
+from webui_host import WebUIHost
+
+STEPS = 4
+NO_IDENTITY = "a photo of a woman with red hair"  # nothing to switch off: the foundation is the plain generation
+TRIGGER_ONLY = "a photo of ohwx woman with red hair"  # identity through the prompt only
+ONE_PASS = {**CURE, "passes": "one-pass", "one_pass_masks_at": 0.25}
+ONE_PASS_NOTE = "one pass: masks from the foundation rows over the first 0.25 of the schedule"
+
+
+def counted(host: WebUIHost, settings: dict | None, **fields: Any) -> tuple[Any, list[int]]:
+    """A job and the batch size of each of its denoiser calls."""
+    rows: list[int] = []
+
+    def count(params: Any) -> None:
+        rows.append(params.x.shape[0])
+
+    host.script_callbacks.on_cfg_denoiser(count)
+    try:
+        return run(host, settings, **fields), rows
+    finally:
+        host.script_callbacks.remove_callbacks_for_function(count)
+
+
+def close_images(a: Any, b: Any) -> bool:
+    """Equal up to one level of 8-bit rounding: the doubled batch may round its kernels differently."""
+    return int((image_tensor(a).int() - image_tensor(b).int()).abs().max()) <= 1
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "Euler a"])
+def test_an_identity_switch_that_changes_nothing_gives_the_plain_image_in_one_sampling(webui: WebUIHost,
+                                                                                       sampler: str) -> None:
+    plain, plain_rows = counted(webui, None, prompt=NO_IDENTITY, sampler_name=sampler)
+    result, rows = counted(webui, {**ONE_PASS, "method": "blend", "trigger_words": ""}, prompt=NO_IDENTITY,
+                           sampler_name=sampler)
+    infotext = result.infotexts[0]
+    if webui.kind == "forge":
+        assert "one-pass mode unavailable (it is built for A1111's sampler so far): exact passes" in infotext
+        assert len(rows) == 2 * STEPS
+        return
+    assert ONE_PASS_NOTE in infotext
+    assert len(rows) == len(plain_rows) == STEPS  # one sampling ...
+    assert rows == [2 * r for r in plain_rows]  # ... of the personalized and the foundation rows together
+    assert close_images(result.images[0], plain.images[0])
+
+
+def test_a_trigger_word_identity_is_cured_in_one_pass(webui: WebUIHost) -> None:
+    plain = run(webui, None, prompt=TRIGGER_ONLY)
+    result, rows = counted(webui, {**ONE_PASS, "method": "fasa", "strength": 3.0}, prompt=TRIGGER_ONLY)
+    if webui.kind == "forge":
+        assert len(rows) == 2 * STEPS
+        return
+    assert ONE_PASS_NOTE in result.infotexts[0]
+    assert len(rows) == STEPS
+    assert not close_images(result.images[0], plain.images[0])
+    assert "failed" not in result.infotexts[0]
+    assert run(webui, None, prompt=TRIGGER_ONLY).images[0].tobytes() == plain.images[0].tobytes()
+
+
+def test_a_lora_identity_runs_the_exact_passes_and_says_why(webui: WebUIHost) -> None:
+    fallback, rows = counted(webui, ONE_PASS)
+    exact, exact_rows = counted(webui, {**CURE, "passes": "exact"})  # reuses the fallback's foundation
+    assert len(rows) == 2 * STEPS and len(exact_rows) == STEPS
+    if webui.kind == "a1111":
+        assert "one-pass mode unavailable (lora:ohwx acts on the whole batch, not per row): exact passes" \
+            in fallback.infotexts[0]
+    assert torch.equal(image_tensor(fallback.images[0]), image_tensor(exact.images[0]))
+
+
+def test_hires_passes_run_exact(webui: WebUIHost) -> None:
+    result = run(webui, {**ONE_PASS, "hires": "hi-res", "trigger_words": ""}, prompt=NO_IDENTITY,
+                 enable_hr=True, hr_scale=2, denoising_strength=0.5)
+    assert "one-pass mode unavailable (" in result.infotexts[0]
+    if webui.kind == "a1111":
+        assert "(it cures the first pass of txt2img only)" in result.infotexts[0]
+
+
+def test_nothing_stays_behind_a_one_pass_job(webui: WebUIHost) -> None:
+    before = module_state(webui)
+    plain = run(webui, None, prompt=TRIGGER_ONLY)
+    run(webui, ONE_PASS, prompt=TRIGGER_ONLY)
+    assert module_state(webui) == before
+    assert run(webui, None, prompt=TRIGGER_ONLY).images[0].tobytes() == plain.images[0].tobytes()
+
+
+def test_a_one_pass_cure_that_fails_gives_the_uncured_image(webui: WebUIHost, monkeypatch) -> None:
+    if webui.kind == "forge":
+        pytest.skip("Forge runs the exact passes")
+    from freecure.pipeline import CureSession
+
+    before = module_state(webui)
+    plain = run(webui, None, prompt=TRIGGER_ONLY)
+
+    def broken(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("parser out of memory")
+
+    monkeypatch.setattr(CureSession, "build_masks", broken)
+    result = run(webui, ONE_PASS, prompt=TRIGGER_ONLY)
+    assert "cure failed (CureError: one-pass masks failed (RuntimeError: parser out of memory)); the image is" \
+        " uncured" in result.infotexts[0]
+    assert result.images[0].tobytes() == plain.images[0].tobytes()
+    assert module_state(webui) == before
