@@ -60,6 +60,9 @@ METHOD_OPTIONS: dict[str, dict[str, object]] = {
     "fasa+offload": {"method": "fasa", "apg": "off", "offload_bank": True},
     # An X/Y/Z cell or a second Generate whose foundation an earlier job with the same inputs left in the cache.
     "fasa+reused": {"method": "fasa", "apg": "off"},
+    # One-pass mode: the foundation rows in the cure pass's calls, masks online (the default one_pass_masks_at).
+    "fasa+one-pass": {"method": "fasa", "apg": "off", "passes": "one-pass"},
+    "blend+one-pass": {"method": "blend", "apg": "off", "passes": "one-pass"},
 }
 REUSED_FOUNDATION = frozenset({"fasa+reused"})
 STAGES = ("foundation", "masks", "cure", "apg")
@@ -201,6 +204,8 @@ def run_cured(host: DiffusersHost, method: str, size: int, meter: PeakMemory) ->
         del primer
     meter.start()
     cpu_start = time.process_time()
+    if session.options.passes == "one-pass":
+        return _run_one_pass(session, method, meter, cpu_start)
     marks = [_clock(host.device)]
     session.foundation(cache, "benchmark")
     marks.append(_clock(host.device))
@@ -218,6 +223,23 @@ def run_cured(host: DiffusersHost, method: str, size: int, meter: PeakMemory) ->
     durations = [end - start for start, end in itertools.pairwise(marks)]
     stages = dict(zip(STAGES, durations, strict=True))
     return Run(method, marks[-1] - marks[0], cpu_seconds, peak, result.bank_bytes, stages)
+
+
+def _run_one_pass(session: CureSession, method: str, meter: PeakMemory, cpu_start: float) -> Run:
+    """A one-pass cure as a user runs it: masks from the foundation rows' attention maps over the first
+    ``one_pass_masks_at`` of the schedule (mask building is inside the pass, timed with it as the cure)."""
+    device = session.host.device
+    start = _clock(device)
+    latents = session.one_pass()
+    seconds = _clock(device) - start
+    cpu_seconds = time.process_time() - cpu_start
+    peak = meter.peak()
+    notes = session.result(latents).notes
+    cured = any(bool(m.union.any()) for m in session.masks) and not any("nothing was cured" in n for n in notes)
+    if "one-pass" not in session.calls or not cured or session.engine.source_misses:
+        raise RuntimeError(f"{method}: the one-pass cure did not run fully (calls {session.calls}): {list(notes)}")
+    stages = {"foundation": 0.0, "masks": 0.0, "cure": seconds, "apg": 0.0}
+    return Run(method, seconds, cpu_seconds, peak, 0, stages)
 
 
 def _check_cured(method: str, notes: Sequence[str], bank_misses: int, calls: dict[str, int]) -> None:

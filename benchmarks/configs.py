@@ -46,7 +46,7 @@ UNET_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
 }
 
-BASE_METHODS = ("fasa", "blend", "fasa+apg", "fasa+reused")
+BASE_METHODS = ("fasa", "blend", "fasa+apg", "fasa+reused", "fasa+one-pass", "blend+one-pass")
 SWEEP_METHODS = ("fasa",)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,12 +106,35 @@ class MergedLora:
     ) -> None:  # fmt: skip
         self.targets, self.deltas, self.weight = targets, deltas, weight
         self.originals = originals or {name: module.weight.detach().clone() for name, module in targets.items()}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __call__(self, on: bool) -> None:
         with torch.no_grad():
             for name, module in self.targets.items():
                 original = self.originals[name]
                 module.weight.copy_(original + self.weight * self.deltas[name] if on else original)
+
+    def rows(self, flags: Sequence[bool] | None) -> None:
+        """Per batch row (one-pass mode): the original weights, and the LoRA's delta added by forward hooks to
+        the rows flagged on; None: the hooks off, the LoRA merged again."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        if flags is None:
+            self(True)
+            return
+        self(False)
+        on = torch.tensor(list(flags), dtype=torch.float32)
+        for name, module in self.targets.items():
+            self._handles.append(module.register_forward_hook(self._row_delta(self.weight * self.deltas[name], on)))
+
+    @staticmethod
+    def _row_delta(delta: Tensor, on: Tensor) -> Callable[..., Tensor]:
+        def add(_module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+            rows = on.to(output.device, output.dtype).view(-1, *[1] * (output.ndim - 1))
+            return output + (inputs[0] @ delta.to(output.dtype).T) * rows
+
+        return add
 
 
 @dataclass
@@ -141,7 +165,7 @@ class WorldModel:
         return DiffusersHost(
             self.unet, family="sd1", steps=steps, sampler=sampler, batch_size=batch_size,
             latent_hw=(LATENT_SIZE, LATENT_SIZE), seed=seed, text_encoder=self.text_encoder,
-            set_identity=identity, decoder=self.decode,
+            set_identity=identity, identity_rows=switch.rows if lora_weight else None, decoder=self.decode,
         )  # fmt: skip
 
 

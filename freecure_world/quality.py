@@ -114,6 +114,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FreeCure blend, attention masks, APG off", cured(method="blend", apg="off")),
     Setting("FreeCure blend, oracle masks, APG off", cured(oracle=True, method="blend", apg="off")),
     Setting("FreeCure fasa + APG (defaults), attention masks", cured()),
+    Setting("FreeCure fasa one-pass, attention masks, APG off", cured(apg="off", passes="one-pass")),
+    Setting("FreeCure fasa one-pass, oracle masks, APG off", cured(oracle=True, apg="off", passes="one-pass")),
+    Setting("FreeCure blend one-pass, attention masks, APG off", cured(method="blend", apg="off", passes="one-pass")),
 )
 
 

@@ -96,3 +96,15 @@ def test_with_oracle_masks_the_cure_changes_the_image_inside_the_mask(model):
     assert np.median(ratios) >= LOCALITY_MEDIAN_AT_LEAST and min(ratios) >= LOCALITY_MIN_AT_LEAST, ratios
 
 
+
+
+def test_one_pass_with_the_lora_per_row_gives_the_exact_cure(model):
+    """With the same (oracle) masks, one-pass mode's foundation rows, the LoRA switched off on them alone and
+    their prompts encoded without it, give what the exact passes give on the trained weights."""
+    for seed, (phrases, wanted) in enumerate(PROMPTS[:2]):
+        prompt = quality.personalized_prompt(phrases)
+        exact = quality.cured(oracle=True, apg="off")(model, prompt, wanted, seed, BATCH)
+        one_pass = quality.cured(oracle=True, apg="off", passes="one-pass")(model, prompt, wanted, seed, BATCH)
+        plain = quality.plain(1.0)(model, prompt, wanted, seed, BATCH)
+        torch.testing.assert_close(one_pass, exact, rtol=0, atol=2e-3)
+        assert float((exact - plain).abs().max()) > 0.1  # the cure changed the image
