@@ -47,16 +47,21 @@ def inputs(chunks: list[int]):
     return noise, [contexts[c] for c in chunks], [pooled[c] for c in chunks]
 
 
-def generate(model, chunks: list[int], engine: AttentionEngine | None = None, on_call=None, cfg: float = 3.0):
-    """Euler on the flow ODE; ``chunks`` as Forge's ``cond_or_uncond`` (0 cond, 1 uncond); x0 = x - sigma v."""
+def generate(model, chunks: list[int], engine: AttentionEngine | None = None, on_call=None, cfg: float = 3.0,
+             copies: int = 1):
+    """Euler on the flow ODE; ``chunks`` as Forge's ``cond_or_uncond`` (0 cond, 1 uncond); x0 = x - sigma v.
+    ``copies`` > 1: the images again as foundation rows in every chunk (one-pass mode's layout)."""
     noise, contexts, pooled = inputs(chunks)
+    contexts, pooled = [c.repeat(copies, 1, 1) for c in contexts], [p.repeat(copies, 1) for p in pooled]
     sigmas = torch.tensor([1.0, 0.6, 0.0])
-    x = noise
+    x = noise.repeat(copies, 1, 1, 1)
+    images = len(noise)
     with torch.no_grad():
         for i in range(STEPS):
             options = {"cond_or_uncond": list(chunks)}
             batch = x.repeat(len(chunks), 1, 1, 1)
-            roles = [RowRole(chunk == 0, image) for chunk in chunks for image in range(len(x))]
+            roles = [RowRole(chunk == 0, row % images, foundation=row >= images)
+                     for chunk in chunks for row in range(len(x))]
             if engine is not None:
                 engine.begin_call(roles, LATENT, i / STEPS)
             if on_call is not None:
@@ -220,3 +225,17 @@ def test_a_forge_flux_job_is_family_flux_and_not_skipped(model, monkeypatch):
     assert hosts.unsupported_reason(job) is None
     monkeypatch.setattr(model, "global_modulation", True, raising=False)  # Flux.2 in Neo's flux.py
     assert "nor FLUX joint-attention blocks" in hosts.unsupported_reason(job)
+
+
+@pytest.mark.parametrize("chunks", [[1, 0], [0]])
+def test_one_pass_reads_the_foundation_rows_of_the_same_call(flux, model, chunks):
+    """Forge's row layout with the foundation rows after the images: with identity off changing nothing, one-pass
+    FASA gives the exact cure (the foundation rows are the plain generation)."""
+    layers = frozenset(joint_blocks(model))
+    engine = AttentionEngine()
+    with intercepted_flux(engine, model), engine.one_pass(None):
+        engine.start_fasa(FasaSettings(layers=layers, weight=2.0, masks=masks()))
+        doubled = generate(model, chunks, engine, copies=2)
+    assert engine.failure is None and engine.source_misses == 0
+    torch.testing.assert_close(doubled[:2], cure(model, chunks, 2.0, masks()), rtol=1e-4, atol=ATOL)
+    torch.testing.assert_close(doubled[2:], generate(model, chunks), rtol=1e-4, atol=ATOL)

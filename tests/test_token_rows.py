@@ -179,3 +179,16 @@ def test_rows_follow_the_pass_timeline_as_the_webui_conditions_it(
         for part, text in enumerate(texts):
             wanted = {n: tuple(c) for n, c in host.token_columns(text, PHRASES).items() if c}
             assert dict(columns.at(0, part, step)) == wanted, (step, part, text)
+
+
+def test_forge_one_pass_chunks_hold_the_images_then_their_foundation_rows() -> None:
+    from freecure.attention import RowRole
+    from freecure.webui.forge import rows_of
+
+    # One-pass: 2 images with 2 AND parts each, personalized then foundation, as CallRouter announces them.
+    announced = [RowRole(True, i, j, foundation=f) for f in (False, True) for i in range(2) for j in range(2)]
+    announced += [RowRole(False, i, foundation=f) for f in (False, True) for i in range(2)]
+    rows = rows_of({"cond_or_uncond": [1, 0, 0]}, 12, announced)
+    per_chunk = [[RowRole(cond, i, part, foundation=f) for f in (False, True) for i in range(2)]
+                 for cond, part in ((False, 0), (True, 1), (True, 0))]
+    assert rows == [role for chunk in per_chunk for role in chunk]

@@ -1,6 +1,6 @@
-"""One-pass mode in WebUI jobs: on A1111 the foundation rows sample in the job's own sampler call, so a job
-makes one sampling; where the rows cannot be switched per row (a LoRA, an ancestral noise the host cannot
-repeat, hires and img2img passes, Forge) the job runs the exact passes and says why."""
+"""One-pass mode in WebUI jobs (both stand-ins): the foundation rows sample in the job's own sampler call, so a
+job makes one sampling; where the rows cannot be switched per row (a LoRA, an adapter, a noise the host draws
+per seed of the batch, hires and img2img passes) the job runs the exact passes and says why."""
 
 from __future__ import annotations
 
@@ -37,18 +37,14 @@ def close_images(a: Any, b: Any) -> bool:
     return int((image_tensor(a).int() - image_tensor(b).int()).abs().max()) <= 1
 
 
-@pytest.mark.parametrize("sampler", ["Euler", "Euler a"])
+@pytest.mark.parametrize(("sampler", "cfg"), [("Euler", 5.0), ("Euler a", 5.0), ("Euler", 1.0)])
 def test_an_identity_switch_that_changes_nothing_gives_the_plain_image_in_one_sampling(webui: WebUIHost,
-                                                                                       sampler: str) -> None:
-    plain, plain_rows = counted(webui, None, prompt=NO_IDENTITY, sampler_name=sampler)
+                                                                                       sampler: str, cfg: float) -> None:
+    """CFG 1: Forge samples without unconditional conditioning (``p.uc`` is None), the batch too."""
+    plain, plain_rows = counted(webui, None, prompt=NO_IDENTITY, sampler_name=sampler, cfg_scale=cfg)
     result, rows = counted(webui, {**ONE_PASS, "method": "blend", "trigger_words": ""}, prompt=NO_IDENTITY,
-                           sampler_name=sampler)
-    infotext = result.infotexts[0]
-    if webui.kind == "forge":
-        assert "one-pass mode unavailable (it is built for A1111's sampler so far): exact passes" in infotext
-        assert len(rows) == 2 * STEPS
-        return
-    assert ONE_PASS_NOTE in infotext
+                           sampler_name=sampler, cfg_scale=cfg)
+    assert ONE_PASS_NOTE in result.infotexts[0]
     assert len(rows) == len(plain_rows) == STEPS  # one sampling ...
     assert rows == [2 * r for r in plain_rows]  # ... of the personalized and the foundation rows together
     assert close_images(result.images[0], plain.images[0])
@@ -57,9 +53,6 @@ def test_an_identity_switch_that_changes_nothing_gives_the_plain_image_in_one_sa
 def test_a_trigger_word_identity_is_cured_in_one_pass(webui: WebUIHost) -> None:
     plain = run(webui, None, prompt=TRIGGER_ONLY)
     result, rows = counted(webui, {**ONE_PASS, "method": "fasa", "strength": 3.0}, prompt=TRIGGER_ONLY)
-    if webui.kind == "forge":
-        assert len(rows) == 2 * STEPS
-        return
     assert ONE_PASS_NOTE in result.infotexts[0]
     assert len(rows) == STEPS
     assert not close_images(result.images[0], plain.images[0])
@@ -71,18 +64,15 @@ def test_a_lora_identity_runs_the_exact_passes_and_says_why(webui: WebUIHost) ->
     fallback, rows = counted(webui, ONE_PASS)
     exact, exact_rows = counted(webui, {**CURE, "passes": "exact"})  # reuses the fallback's foundation
     assert len(rows) == 2 * STEPS and len(exact_rows) == STEPS
-    if webui.kind == "a1111":
-        assert "one-pass mode unavailable (lora:ohwx acts on the whole batch, not per row): exact passes" \
-            in fallback.infotexts[0]
+    assert "one-pass mode unavailable (lora:ohwx acts on the whole batch, not per row): exact passes" \
+        in fallback.infotexts[0]
     assert torch.equal(image_tensor(fallback.images[0]), image_tensor(exact.images[0]))
 
 
 def test_hires_passes_run_exact(webui: WebUIHost) -> None:
     result = run(webui, {**ONE_PASS, "hires": "hi-res", "trigger_words": ""}, prompt=NO_IDENTITY,
                  enable_hr=True, hr_scale=2, denoising_strength=0.5)
-    assert "one-pass mode unavailable (" in result.infotexts[0]
-    if webui.kind == "a1111":
-        assert "(it cures the first pass of txt2img only)" in result.infotexts[0]
+    assert "one-pass mode unavailable (it cures the first pass of txt2img only): exact passes" in result.infotexts[0]
 
 
 def test_nothing_stays_behind_a_one_pass_job(webui: WebUIHost) -> None:
@@ -94,8 +84,6 @@ def test_nothing_stays_behind_a_one_pass_job(webui: WebUIHost) -> None:
 
 
 def test_a_one_pass_cure_that_fails_gives_the_uncured_image(webui: WebUIHost, monkeypatch) -> None:
-    if webui.kind == "forge":
-        pytest.skip("Forge runs the exact passes")
     from freecure.pipeline import CureSession
 
     before = module_state(webui)

@@ -352,7 +352,9 @@ class A1111Host:
         conds = [self._conds(branch) for branch in branches]
         batch = [row for c, _ in conds for row in c.batch]
         c = prompt_parser.MulticondLearnedConditioning(shape=(len(batch),), batch=batch)
-        uc = [row for _, branch_uc in conds for row in branch_uc]
+        # Forge and Neo hand no unconditional conditioning at CFG 1 (p.uc = None): none for the batch either.
+        uncond = [branch_uc for _, branch_uc in conds]
+        uc = None if any(u is None for u in uncond) else [row for branch_uc in uncond for row in branch_uc]
         x = self.x.repeat(len(branches), 1, 1, 1)
         saved_rng = self.p.rng
         self.p.rng = RepeatedNoise(saved_rng, len(branches))  # k-diffusion's noise: TorchHijack reads p.rng

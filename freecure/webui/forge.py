@@ -107,19 +107,25 @@ def rows_of(transformer_options: dict, batch: int, announced: Sequence[RowRole] 
     ``announced`` roles of the call), and ``calc_cond_uncond_batch`` pops the entries [part 0 .. K-1, uncond]
     highest index first: a call holding every cond chunk has them in descending part order. When a low-memory
     split spreads them over several calls, a chunk's part is not known: it gets a part no image has (no
-    row's columns). Without ``announced`` roles every cond chunk is part 0.
+    row's columns). Without ``announced`` roles every cond chunk is part 0. In one-pass mode (``announced``
+    has foundation rows) a chunk holds the personalized images, then the foundation's.
     """
     chunks = transformer_options["cond_or_uncond"]
     per_chunk = batch // len(chunks)
-    counts = Counter(role.image for role in announced if role.cond)
+    counts = Counter((role.foundation, role.image) for role in announced if role.cond)
     parts, unknown = min(counts.values(), default=1), max(counts.values(), default=0)
     whole = chunks.count(0) == parts
+    per_branch = sum(1 for foundation, _ in counts if not foundation) if any(f for f, _ in counts) else 0
     roles: list[RowRole] = []
     for kind in chunks:
         part = 0
         if kind == 0:
             part = parts - 1 - sum(1 for role in roles if role.cond) // per_chunk if whole else unknown
-        roles += [RowRole(cond=kind == 0, image=i, part=part) for i in range(per_chunk)]
+        if per_branch:
+            roles += [RowRole(cond=kind == 0, image=i % per_branch, part=part, foundation=i >= per_branch)
+                      for i in range(per_chunk)]
+        else:
+            roles += [RowRole(cond=kind == 0, image=i, part=part) for i in range(per_chunk)]
     return roles
 
 
@@ -195,11 +201,6 @@ class ForgeHost(A1111Host):
     def unet(self) -> torch.nn.Module:
         return self.p.sd_model.forge_objects.unet.model.diffusion_model
 
-    def one_pass_unavailable(self) -> str | None:
-        # Forge's sampling function builds each row's conditioning from Forge's own cond objects, which a
-        # batch of branches would have to be assembled for: not done yet.
-        return "it is built for A1111's sampler so far"
-
     def layer_keys(self) -> list[LayerKey]:
         return list(joint_blocks(self.unet)) if is_flux(self.unet) else super().layer_keys()
 
@@ -269,8 +270,8 @@ class ForgeHost(A1111Host):
                 self._identity_on = True
 
     @contextlib.contextmanager
-    def routed(self, hooks: CallHooks, conditioning: Any) -> Iterator[None]:
-        with super().routed(hooks, conditioning), self._patched():
+    def routed(self, hooks: CallHooks, conditioning: Any, images_per_branch: int = 0) -> Iterator[None]:
+        with super().routed(hooks, conditioning, images_per_branch), self._patched():
             yield
 
 

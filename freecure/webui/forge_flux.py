@@ -60,13 +60,13 @@ def _wrap_forward(module: nn.Module, make: Callable[[Callable[..., Any]], Callab
     module.__dict__["forward"] = make(call_previous)
 
 
-def _model_forward(state: _CallState) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _model_forward(engine: AttentionEngine, state: _CallState) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     from freecure.webui.forge import rows_of  # forge.py imports this module for its FLUX branch
 
     def make(call_previous: Callable[..., Any]) -> Callable[..., Any]:
         def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             options = kwargs.get("transformer_options") or {}
-            state.rows = rows_of(options, x.shape[0]) if "cond_or_uncond" in options else None
+            state.rows = rows_of(options, x.shape[0], engine.roles) if "cond_or_uncond" in options else None
             try:
                 return call_previous(x, *args, **kwargs)
             finally:
@@ -126,7 +126,7 @@ def intercepted_flux(engine: AttentionEngine, diffusion_model: nn.Module) -> Ite
     saved: list[tuple[nn.Module, object]] = []
     globals_saved: list[tuple[Any, Callable[..., Any]]] = []
     try:
-        _wrap_forward(diffusion_model, _model_forward(state), saved)
+        _wrap_forward(diffusion_model, _model_forward(engine, state), saved)
         for layer, block in joint_blocks(diffusion_model).items():
             _wrap_forward(block, _block_forward(engine, state, layer), saved)
             module = sys.modules[type(block).__module__]
