@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from webui_checks import CURE, image_tensor, module_state, run
+from webui_checks import CURE, CallProbe, image_tensor, module_state, run
 from webui_host import WebUIHost
 
 STEPS = 4
@@ -38,8 +38,9 @@ def close_images(a: Any, b: Any) -> bool:
 
 
 @pytest.mark.parametrize(("sampler", "cfg"), [("Euler", 5.0), ("Euler a", 5.0), ("Euler", 1.0)])
-def test_an_identity_switch_that_changes_nothing_gives_the_plain_image_in_one_sampling(webui: WebUIHost,
-                                                                                       sampler: str, cfg: float) -> None:
+def test_an_identity_switch_that_changes_nothing_gives_the_plain_image_in_one_sampling(
+    webui: WebUIHost, sampler: str, cfg: float
+) -> None:
     """CFG 1: Forge samples without unconditional conditioning (``p.uc`` is None), the batch too."""
     plain, plain_rows = counted(webui, None, prompt=NO_IDENTITY, sampler_name=sampler, cfg_scale=cfg)
     result, rows = counted(webui, {**ONE_PASS, "method": "blend", "trigger_words": ""}, prompt=NO_IDENTITY,
@@ -98,3 +99,42 @@ def test_a_one_pass_cure_that_fails_gives_the_uncured_image(webui: WebUIHost, mo
         " uncured" in result.infotexts[0]
     assert result.images[0].tobytes() == plain.images[0].tobytes()
     assert module_state(webui) == before
+
+
+def test_a_style_adapter_unit_of_controlnet_runs_the_exact_passes_on_a1111(webui: WebUIHost) -> None:
+    """sd-webui-controlnet sets its units up for the job's batch: not for the doubled one."""
+    with CallProbe(webui, ("style",)).installed():
+        result = run(webui, ONE_PASS, prompt=TRIGGER_ONLY)
+    if webui.kind == "a1111":
+        assert "one-pass mode unavailable (ControlNet's units are set up for the job's own batch): exact passes" \
+            in result.infotexts[0]
+    else:  # Forge's IP-Adapter patches the attention of every row alike, as in the exact passes
+        assert ONE_PASS_NOTE in result.infotexts[0]
+
+
+class _NoControl:
+    """A ControlNet in Forge's linked list (``backend/patcher/controlnet.py``'s interface) that adds nothing."""
+
+    previous_controlnet = None
+
+    def set_previous_controlnet(self, previous: Any) -> None:
+        self.previous_controlnet = previous
+
+    def get_control(self, x: torch.Tensor, t: torch.Tensor, cond: dict, batched_number: int) -> None:
+        return None
+
+    def get_models(self) -> list:
+        return []
+
+
+def test_a_forge_controlnet_runs_the_exact_passes(webui: WebUIHost) -> None:
+    if webui.kind != "forge":
+        pytest.skip("Forge's ControlNet patches the UNet patcher")
+    patcher = webui.shared.sd_model.forge_objects_original.unet
+    patcher.add_patched_controlnet(_NoControl())
+    try:
+        result = run(webui, ONE_PASS, prompt=TRIGGER_ONLY)
+    finally:
+        patcher.controlnet_linked_list = None
+    assert "one-pass mode unavailable (ControlNet's units are set up for the job's own batch): exact passes" \
+        in result.infotexts[0]

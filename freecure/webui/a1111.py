@@ -25,7 +25,7 @@ from freecure.attention import (
 from freecure.pipeline.host import Branch, CallHooks, CureInterrupted
 from freecure.tokens import PromptColumns, phrase_columns, scheduled_columns
 from freecure.webui.hosts import attention_modules, is_img2img_job, model_family
-from freecure.webui.identity import IdentitySwitch
+from freecure.webui.identity import IdentitySwitch, controlnet_hooks
 from freecure.webui.leftovers import release_leftovers
 
 
@@ -338,6 +338,8 @@ class A1111Host:
         sources = self.identity.sources()
         if sources:
             return f"{', '.join(sources)} acts on the whole batch, not per row"
+        if controlnet_hooks(self.p):
+            return "ControlNet's units are set up for the job's own batch"
         return None
 
     def sample_together(self, branches: Sequence[Branch], hooks: CallHooks) -> torch.Tensor:

@@ -201,6 +201,12 @@ class ForgeHost(A1111Host):
     def unet(self) -> torch.nn.Module:
         return self.p.sd_model.forge_objects.unet.model.diffusion_model
 
+    def one_pass_unavailable(self) -> str | None:
+        reason = super().one_pass_unavailable()
+        if reason is None and getattr(self.p.sd_model.forge_objects.unet, "controlnet_linked_list", None) is not None:
+            return "ControlNet's units are set up for the job's own batch"
+        return reason
+
     def layer_keys(self) -> list[LayerKey]:
         return list(joint_blocks(self.unet)) if is_flux(self.unet) else super().layer_keys()
 
