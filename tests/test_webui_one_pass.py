@@ -61,7 +61,9 @@ def test_a_trigger_word_identity_is_cured_in_one_pass(webui: WebUIHost) -> None:
     assert run(webui, None, prompt=TRIGGER_ONLY).images[0].tobytes() == plain.images[0].tobytes()
 
 
-def test_a_lora_identity_runs_the_exact_passes_and_says_why(webui: WebUIHost) -> None:
+def test_a_lora_identity_runs_the_exact_passes_on_forge_and_says_why(webui: WebUIHost) -> None:
+    if webui.kind == "a1111":
+        pytest.skip("A1111: the LoRA is switched per row")
     fallback, rows = counted(webui, ONE_PASS)
     exact, exact_rows = counted(webui, {**CURE, "passes": "exact"})  # reuses the fallback's foundation
     assert len(rows) == 2 * STEPS and len(exact_rows) == STEPS
@@ -138,3 +140,33 @@ def test_a_forge_controlnet_runs_the_exact_passes(webui: WebUIHost) -> None:
         patcher.controlnet_linked_list = None
     assert "one-pass mode unavailable (ControlNet's units are set up for the job's own batch): exact passes" \
         in result.infotexts[0]
+
+
+def foundation_image(result: Any) -> Any:
+    return next(image for image, caption in zip(result.images, result.infotexts, strict=True)
+                if caption.startswith("FreeCure foundation (identity off), image 0"))
+
+
+def forward_hooks(webui: WebUIHost) -> int:
+    unet = webui.shared.sd_model.model.diffusion_model
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in unet.modules())
+
+
+def test_a1111_switches_the_lora_off_on_the_foundation_rows_only(webui: WebUIHost) -> None:
+    """The Lora extension's networks stay merged; the foundation rows get each module's delta taken off (and
+    their prompts are encoded without the LoRA), so they are the exact mode's foundation: the identity-off
+    generation of the foundation prompt."""
+    if webui.kind == "forge":
+        pytest.skip("Forge merges its networks into the patcher for the whole batch")
+    hooks_before = forward_hooks(webui)
+    exact, exact_rows = counted(webui, {**CURE, "debug_images": True})
+    one, rows = counted(webui, {**ONE_PASS, "debug_images": True, "strength": 3.0})
+    assert ONE_PASS_NOTE in one.infotexts[0] and "unavailable" not in one.infotexts[0]
+    assert len(rows) == STEPS and len(exact_rows) == 2 * STEPS
+    assert close_images(foundation_image(one), foundation_image(exact))
+    assert not close_images(foundation_image(one), one.images[0])  # the LoRA is on in the personalized rows
+    assert forward_hooks(webui) == hooks_before
+    # the personalized rows keep the LoRA: the cure of a prompt whose foundation is itself is the plain image
+    plain = run(webui, None)
+    null, _ = counted(webui, {**ONE_PASS, "method": "blend", "identity_off": "embedding", "trigger_words": ""})
+    assert close_images(null.images[0], plain.images[0])

@@ -27,6 +27,7 @@ from freecure.tokens import PromptColumns, phrase_columns, scheduled_columns
 from freecure.webui.hosts import attention_modules, is_img2img_job, model_family
 from freecure.webui.identity import IdentitySwitch, controlnet_hooks
 from freecure.webui.leftovers import release_leftovers
+from freecure.webui.row_identity import RowLora
 
 
 def _sampler_total_steps(sampler_name: str, steps: int) -> int:
@@ -72,6 +73,8 @@ class CallRouter:
         self.hooks: CallHooks | None = None
         self.cond_counts: list[int] = []
         self.images_per_branch = 0  # one-pass mode: the batch holds the personalized images, then the foundation's
+        self.roles: tuple[RowRole, ...] = ()  # the current denoiser call's rows, in the order they reach the UNet
+        self._rows_taken = 0
         self._x_t: torch.Tensor | None = None
         self._sigma: torch.Tensor | None = None
 
@@ -106,11 +109,18 @@ class CallRouter:
         self._x_t, self._sigma = self.latents(params)
         roles = [self._role(True, i, j) for i, count in enumerate(self.cond_counts) for j in range(count)]
         roles += [self._role(False, i) for i in range(self._x_t.shape[0])]
+        self.roles, self._rows_taken = tuple(roles), 0
         # The denoiser's own call count over the calls it expects, as the WebUI's prompt schedules and CFG
         # options count (``state.sampling_step`` is set after each step: one step late).
         denoiser = params.denoiser
         progress = min(1.0, denoiser.step / max(1, denoiser.total_steps))
         self.hooks.before_call(roles, tuple(params.x.shape[-2:]), progress)
+
+    def foundation_rows(self, batch: int) -> list[int]:
+        """Which of the next ``batch`` rows to reach the UNet in this denoiser call are foundation rows (their
+        indices among those rows): the rows arrive in the announced order, in one call or in chunks."""
+        start, self._rows_taken = self._rows_taken, self._rows_taken + batch
+        return [row for row, role in enumerate(self.roles[start:start + batch]) if role.foundation]
 
     def on_cfg_after_cfg(self, params: Any) -> None:
         if self.hooks is None or self._x_t is None:
@@ -136,6 +146,9 @@ def registered_callbacks(router: CallRouter) -> Iterator[None]:
                 ordered[category] = list(callbacks)
         script_callbacks.remove_callbacks_for_function(router.on_cfg_denoiser)
         script_callbacks.remove_callbacks_for_function(router.on_cfg_after_cfg)
+
+
+_LORA_SOURCES = ("lora:", "lyco:")  # IdentitySwitch.sources() of the Lora extension's tags
 
 
 class RepeatedNoise:
@@ -335,12 +348,28 @@ class A1111Host:
         config = sd_samplers.find_sampler_config(self._sampler_name())
         if config is None or config.options.get("brownian_noise", False):
             return f"{self._sampler_name()} draws its noise per seed for the batch it is given"
-        sources = self.identity.sources()
-        if sources:
-            return f"{', '.join(sources)} acts on the whole batch, not per row"
+        whole_batch = self._whole_batch_sources()
+        if whole_batch:
+            return f"{', '.join(whole_batch)} acts on the whole batch, not per row"
+        row_lora = self._row_lora()
+        if isinstance(row_lora, str):
+            return row_lora
         if controlnet_hooks(self.p):
             return "ControlNet's units are set up for the job's own batch"
         return None
+
+    def _whole_batch_sources(self) -> list[str]:
+        """The identity sources that cannot be switched per row: all but the Lora extension's networks."""
+        return [source for source in self.identity.sources() if not source.startswith(_LORA_SOURCES)]
+
+    def _row_lora(self) -> RowLora | str | None:
+        """The identity LoRAs switched per row (one-pass mode), why they cannot be, or None without any."""
+        from modules import extra_networks
+
+        names = [source.split(":", 1)[1] for source in self.identity.sources() if source.startswith(_LORA_SOURCES)]
+        if not names:
+            return None
+        return RowLora.find(extra_networks.extra_network_registry.get("lora"), names, self.unet)
 
     def sample_together(self, branches: Sequence[Branch], hooks: CallHooks) -> torch.Tensor:
         """The branches in one sampling of the WebUI's own sampler (``main_sampling``): the latent, the
@@ -351,7 +380,10 @@ class A1111Host:
         if reason is not None:
             raise ValueError(f"branches: {reason}")
         assert self.main_sampling is not None
-        conds = [self._conds(branch) for branch in branches]
+        conds = []
+        for branch in branches:  # the text encoder's LoRA too: the foundation's prompts are encoded without it
+            with self.identity.switched(on=branch.identity):
+                conds.append(self._conds(branch))
         batch = [row for c, _ in conds for row in c.batch]
         c = prompt_parser.MulticondLearnedConditioning(shape=(len(batch),), batch=batch)
         # Forge and Neo hand no unconditional conditioning at CFG 1 (p.uc = None): none for the batch either.
@@ -360,8 +392,13 @@ class A1111Host:
         x = self.x.repeat(len(branches), 1, 1, 1)
         saved_rng = self.p.rng
         self.p.rng = RepeatedNoise(saved_rng, len(branches))  # k-diffusion's noise: TorchHijack reads p.rng
+        row_lora = self._row_lora()
         try:
-            with self._pass_state(), self.routed(hooks, c, images_per_branch=self.x.shape[0]):
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(self._pass_state())
+                stack.enter_context(self.routed(hooks, c, images_per_branch=self.x.shape[0]))
+                if isinstance(row_lora, RowLora):
+                    stack.enter_context(row_lora.installed(self.unet, self.router.foundation_rows))
                 result = self.main_sampling(x, c, uc, image_conditioning=self.p.txt2img_image_conditioning(x))
         finally:
             self.p.rng = saved_rng

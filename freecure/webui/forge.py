@@ -201,6 +201,10 @@ class ForgeHost(A1111Host):
     def unet(self) -> torch.nn.Module:
         return self.p.sd_model.forge_objects.unet.model.diffusion_model
 
+    def _whole_batch_sources(self) -> list[str]:
+        # Forge merges every network into its UNet patcher: no per-row switch.
+        return self.identity.sources()
+
     def one_pass_unavailable(self) -> str | None:
         reason = super().one_pass_unavailable()
         if reason is None and getattr(self.p.sd_model.forge_objects.unet, "controlnet_linked_list", None) is not None:

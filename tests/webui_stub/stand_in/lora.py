@@ -20,13 +20,19 @@ class LowRankPatcher:
         self.backup: dict[str, torch.Tensor] = {}
         self.active: tuple[tuple[str, float], ...] = ()
 
-    def delta(self, network: str, module_name: str, weight: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def factors(network: str, module_name: str, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(up, down) of the network's delta on one target: the ``lora_up`` and ``lora_down`` weights."""
         seed = zlib.crc32(f"{network}/{module_name}".encode())
         generator = torch.Generator().manual_seed(seed)
         out_features, in_features = weight.shape
         up = torch.randn(out_features, RANK, generator=generator) * 0.3
         down = torch.randn(RANK, in_features, generator=generator) * 0.3
-        return (up @ down).to(weight.dtype)
+        return up.to(weight.dtype), down.to(weight.dtype)
+
+    def delta(self, network: str, module_name: str, weight: torch.Tensor) -> torch.Tensor:
+        up, down = self.factors(network, module_name, weight)
+        return up @ down
 
     @torch.no_grad()
     def set_networks(self, networks: Iterable[tuple[str, float]]) -> None:
