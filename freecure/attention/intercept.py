@@ -110,12 +110,12 @@ def _record(engine: AttentionEngine, tracker: RowTracker, layer: LayerKey, is_se
         if is_self:
             k_in, v_in = kv_inputs(x_cond)
             engine.observe_self(layer, attn.to_k(k_in), attn.to_v(v_in), cond_roles)
-        elif context is not None and engine.mode == "one-pass":
-            # An identity switched per row (one-pass mode) acts on whole batches only: project them all.
-            q, k = attn.to_q(x)[cond], attn.to_k(kv_inputs(context)[0])[cond]
-            engine.observe_cross(layer, q, k, attn.heads, attn.scale, cond_roles, grid)
         elif context is not None:
-            q, k = attn.to_q(x_cond), attn.to_k(kv_inputs(context[cond])[0])
+            if engine.mode == "one-pass":
+                # An identity switched per row acts on whole batches only: project them all, then pick the rows.
+                q, k = attn.to_q(x)[cond], attn.to_k(kv_inputs(context)[0])[cond]
+            else:
+                q, k = attn.to_q(x_cond), attn.to_k(kv_inputs(context[cond])[0])
             engine.observe_cross(layer, q, k, attn.heads, attn.scale, cond_roles, grid)
 
 

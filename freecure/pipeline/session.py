@@ -453,12 +453,6 @@ class CureSession:
 
     # --- one-pass mode: stages 1 to 3 in one pass -----------------------------------------------------
 
-    def one_pass_unavailable(self) -> str | None:
-        """Why this cure cannot run in one pass here (the caller runs the exact passes), or None."""
-        if not self.plan.cure:
-            return "nothing to cure in masks"
-        return self.host.one_pass_unavailable()
-
     def one_pass(self, region: Tensor | None = None, masks: Sequence[Tensor] | None = None) -> Tensor:
         """Foundation and cure in one pass: the foundation rows (identity off) run in the personalized pass's
         model calls. Their cross-attention over the first ``one_pass_masks_at`` of the schedule and their
@@ -614,9 +608,9 @@ def run_freecure(
     )
     stage = "foundation pass"
     try:
-        one_pass = session.options.passes == "one-pass"
-        blocker = session.one_pass_unavailable() if one_pass else None
-        if one_pass and blocker is not None and session.plan.cure:
+        one_pass = session.options.passes == "one-pass" and session.plan.cure
+        blocker = host.one_pass_unavailable() if one_pass else None
+        if blocker is not None:
             session.notes.append(f"one-pass mode unavailable ({blocker}): exact passes")
         if one_pass and blocker is None:
             stage = "one-pass cure"

@@ -275,7 +275,7 @@ class Controller:
             state.note(p, note)
         if options.passes == "one-pass" and session.plan.cure:
             host.main_sampling = main_sampling
-            reason = session.one_pass_unavailable()
+            reason = host.one_pass_unavailable()
             if reason is None:
                 return self._one_pass(p, state, is_hires=is_hires)
             state.note(p, f"one-pass mode unavailable ({reason}): exact passes")
@@ -292,8 +292,7 @@ class Controller:
             # Inpainting: the cure acts inside the inpaint mask only (outside it the WebUI keeps the init image).
             session.build_masks(region=host.inpaint_region())
             if options.debug_images:
-                label = ("hi-res" if is_hires else "low-res") if getattr(p, "enable_hr", False) else ""
-                state.debug.extend(debug_images(session, label))
+                state.debug.extend(debug_images(session, _pass_label(p, is_hires)))
         self._enter_cure(state, c)
         if ran:
             shared.state.textinfo = "FreeCure: cure pass"
@@ -312,8 +311,7 @@ class Controller:
         if session.cures:
             state.cured_passes += 1
         if state.options.debug_images:
-            label = ("hi-res" if is_hires else "low-res") if getattr(p, "enable_hr", False) else ""
-            state.debug.extend(debug_images(session, label))
+            state.debug.extend(debug_images(session, _pass_label(p, is_hires)))
         for note in session.notes:
             state.note(p, note)
         return samples
@@ -420,3 +418,8 @@ class Controller:
         except CureError as failure:
             return failure
         return None
+
+
+def _pass_label(p: Any, is_hires: bool) -> str:
+    """How debug images name the pass they come from: only a job with a hires pass has two."""
+    return ("hi-res" if is_hires else "low-res") if getattr(p, "enable_hr", False) else ""
